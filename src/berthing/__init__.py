@@ -1,0 +1,37 @@
+"""berthing: BERT-family encoders from checkpoint to a fast production service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from berthing.engine.model import Model
+
+
+def load(
+    source: str | Path | None = None,
+    *,
+    task: str | None = None,
+    runtime: str = "onnx",
+    name: str | None = None,
+    **settings: Any,
+) -> Model:
+    """Load a model for in-process use: `berthing.load("./ckpt").predict(["a", "b"])`.
+
+    `source` is a checkpoint folder, an exported artifact, a hub id, or None for the default model.
+    Other keywords are Settings fields (cache_dir, threads, max_batch_tokens, ...).
+    """
+    from berthing.config import Settings
+    from berthing.engine.model import load_model
+    from berthing.packaging.sources import resolve
+
+    config = Settings(task=task, runtime=runtime, **settings)
+    spec = str(source) if source is not None else None
+    resolved = resolve(f"{name}={spec or ''}" if name else spec)
+    return load_model(resolved, config.load_options())
+
+
+__all__ = ["__version__", "load"]

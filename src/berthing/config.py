@@ -1,0 +1,90 @@
+"""One Settings object: CLI flags over BERTHING_* environment variables over a TOML file over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from berthing.engine.batcher import BatchLimits
+from berthing.engine.model import LoadOptions
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "berthing"
+
+
+class Settings(BaseSettings):
+    """Every setting of berthing; `berthing serve --help` lists the same fields as flags."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTHING_", extra="forbid", validate_default=True)
+
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models to serve, each NAME=SOURCE or SOURCE (a folder, hub id)."
+    )
+    host: str = Field("127.0.0.1", description="Address the inference API binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the inference API (0 picks a free one).")
+    task: Literal["embed", "classify"] | None = Field(None, description="Force the task instead of detecting it.")
+    runtime: Literal["onnx", "torch"] = Field("onnx", description="onnx (default, no torch) or torch.")
+    workers: int = Field(1, ge=1, le=64, description="Model workers (each a runtime instance and a thread).")
+    threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
+    max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per batch (longest x count).")
+    max_batch_size: int = Field(64, ge=1, description="Items per batch.")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = dispatch at once.")
+    max_queue: int = Field(2048, ge=1, description="Items queued per model before answering 503.")
+    max_items: int = Field(1024, ge=1, description="Items per request before answering 413.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body size before answering 413.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    config_file: Path | None = Field(None, description="TOML file with any of these settings.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init) > env > TOML file named by config_file or BERTHING_CONFIG_FILE."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        init = init_settings()
+        path = init.get("config_file") or os.environ.get("BERTHING_CONFIG_FILE")
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config file {path} not found")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    def batch_limits(self) -> BatchLimits:
+        """The batcher's share of the settings."""
+        return BatchLimits(self.max_batch_tokens, self.max_batch_size, self.max_wait_ms, self.max_queue)
+
+    def load_options(self) -> LoadOptions:
+        """The model loader's share of the settings."""
+        return LoadOptions(
+            task=self.task,
+            runtime=self.runtime,
+            workers=self.workers,
+            threads=self.threads,
+            cache_dir=self.cache_dir,
+            limits=self.batch_limits(),
+        )

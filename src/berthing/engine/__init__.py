@@ -1,0 +1,1 @@
+"""The engine: a task, a runtime and a batcher put together as one servable Model."""

@@ -1,0 +1,166 @@
+"""A servable Model: task + encoder + runtime(s) + batcher; the one object every entry point calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
+from berthing.engine.batching import plan_batches
+from berthing.engine.inputs import parse_inputs
+from berthing.packaging.checkpoint import ModelSpec
+from berthing.packaging.sources import ModelSource
+from berthing.runtime.base import Runtime
+from berthing.runtime.threads import threads_per_worker
+from berthing.tasks.registry import make_task
+from berthing.tasks.tokenize import Encoded, Encoder
+from berthing.types import ModelLoadError, TextInput
+
+# Requests with more items than this tokenize in a thread instead of on the event loop.
+_INLINE_TOKENIZE_ITEMS = 16
+
+
+@dataclass
+class LoadOptions:
+    """How to load a model; the server fills it from Settings, the Python API from keywords."""
+
+    task: str | None = None
+    runtime: str = "onnx"
+    workers: int = 1
+    threads: int = 0
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "berthing")
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    version: str = "1.0"
+
+
+class Model:
+    """One loaded model version, usable from async servers (infer) and plain Python (predict)."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        spec: ModelSpec,
+        encoder: Encoder,
+        runtimes: list[Runtime],
+        limits: BatchLimits,
+        source: Path,
+        load_seconds: float,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.spec = spec
+        self.encoder = encoder
+        self.task = make_task(spec)
+        self.runtimes = runtimes
+        self.limits = limits
+        self.source = source
+        self.load_seconds = load_seconds
+        self.batcher: Batcher | None = None
+
+    def _runner(self, runtime: Runtime) -> Callable[[list[Encoded]], np.ndarray]:
+        def run(items: list[Encoded]) -> np.ndarray:
+            features = self.encoder.collate(items)
+            return self.task.split(runtime.run(features), features)
+
+        return run
+
+    def start(self, on_batch: BatchObserver | None = None) -> None:
+        """Start batching on the running event loop (server entry points call this once)."""
+        if self.batcher is None:
+            self.batcher = Batcher(self.name, [self._runner(r) for r in self.runtimes], self.limits, on_batch)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        """Finish queued work and stop the workers."""
+        if self.batcher is not None:
+            await self.batcher.close(drain=True)
+
+    async def infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
+        """Results for already-parsed inputs, in order, through the shared batcher."""
+        if self.batcher is None or not self.batcher.running:
+            self.start()
+        assert self.batcher is not None
+        checked = self.task.check(inputs, options)
+        if len(inputs) > _INLINE_TOKENIZE_ITEMS:
+            encoded = await asyncio.to_thread(self.encoder.encode, inputs, checked["truncate"])
+        else:
+            encoded = self.encoder.encode(inputs, checked["truncate"])
+        rows = await asyncio.gather(*self.batcher.submit(encoded))
+        return self.task.finish(np.stack(rows), checked)
+
+    def predict(self, inputs: Any, **options: Any) -> Any:
+        """Synchronous in-process prediction on the same task, encoder and runtime; mirrors the input."""
+        items, single = parse_inputs(inputs)
+        checked = self.task.check(items, options)
+        encoded = self.encoder.encode(items, checked["truncate"])
+        rows: list[np.ndarray | None] = [None] * len(encoded)
+        run = self._runner(self.runtimes[0])
+        lengths = [e.length for e in encoded]
+        for batch in plan_batches(lengths, self.limits.max_batch_tokens, self.limits.max_batch_size):
+            out = run([encoded[i] for i in batch])
+            for i, row in zip(batch, out, strict=True):
+                rows[i] = row
+        results = self.task.finish(np.stack(rows), checked)
+        return results[0] if single else results
+
+    def describe(self) -> dict[str, Any]:
+        """What /models-style listings and logs say about this model."""
+        return {
+            "modelName": self.name,
+            "modelVersion": self.version,
+            "task": self.spec.task,
+            "runtime": self.runtimes[0].name,
+            "workers": len(self.runtimes),
+            "threadsPerWorker": self.runtimes[0].threads,
+            "maxLength": self.spec.max_length,
+            "loadSeconds": round(self.load_seconds, 3),
+        }
+
+
+def _make_runtime(kind: str, artifact: Path, folder: Path, spec: ModelSpec, threads: int) -> Runtime:
+    if kind == "onnx":
+        from berthing.runtime.onnx import OnnxRuntime
+
+        return OnnxRuntime(artifact / "model.onnx", threads)
+    if kind == "torch":
+        from berthing.runtime.torch import TorchRuntime
+
+        return TorchRuntime(folder, spec, threads)
+    raise ModelLoadError(f"unknown runtime {kind!r} (runtimes: onnx, torch)")
+
+
+def load_model(
+    source: ModelSource, options: LoadOptions, progress: Callable[[str], None] | None = None
+) -> Model:
+    """Load a checkpoint or artifact folder: export to ONNX if needed (cached), build runtimes."""
+    from berthing.packaging.checkpoint import read_checkpoint
+    from berthing.packaging.export import ensure_tokenizer_json, is_artifact, prepare
+
+    started = time.perf_counter()
+    folder = source.path
+    if options.runtime == "torch":
+        if is_artifact(folder):
+            raise ModelLoadError(f"{folder} is an ONNX artifact; --runtime torch needs the original checkpoint")
+        spec = read_checkpoint(folder, options.task)
+        artifact = options.cache_dir / "tokenizers" / source.name
+        artifact.mkdir(parents=True, exist_ok=True)
+        ensure_tokenizer_json(folder, artifact)
+    else:
+        artifact = prepare(folder, options.task, options.cache_dir, progress)
+        spec = ModelSpec.from_dict(json.loads((artifact / "berthing.json").read_text("utf-8")))
+    encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
+    workers = max(1, options.workers)
+    threads = threads_per_worker(workers, options.threads)
+    runtimes = [_make_runtime(options.runtime, artifact, folder, spec, threads) for _ in range(workers)]
+    model = Model(
+        source.name, options.version, spec, encoder, runtimes, options.limits, folder, time.perf_counter() - started
+    )
+    return model

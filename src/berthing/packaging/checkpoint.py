@@ -1,0 +1,154 @@
+"""Read a HuggingFace checkpoint folder (JSON files only) into a ModelSpec: task, pooling, labels, lengths.
+
+Pure JSON reading, no transformers import, so the serving path can use it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from berthing.types import ModelLoadError
+
+TASKS = ("embed", "classify")
+POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len")
+# Heads this version can serve; the others are detected so the error can name them.
+_HEAD_TASKS = {
+    "ForSequenceClassification": "classify",
+    "ForTokenClassification": "ner",
+    "ForQuestionAnswering": "qa",
+}
+# Model types whose forward takes no token_type_ids.
+_NO_TOKEN_TYPES = {"distilbert", "roberta", "xlm-roberta", "camembert", "mpnet", "bart"}
+# Model types whose position ids start after the padding index (usable length = table - 2).
+_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+@dataclass
+class ModelSpec:
+    """Everything the engine needs to know about a model, stored as berthing.json beside its artifact."""
+
+    task: str
+    model_type: str
+    max_length: int
+    uses_token_types: bool
+    pooling: str = "mean"
+    normalize: bool = False
+    labels: list[str] = field(default_factory=list)
+    multi_label: bool = False
+    hidden_size: int = 0
+
+    def to_json(self) -> str:
+        """Serialize for the artifact folder."""
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Rebuild from berthing.json, ignoring keys a newer version may have added."""
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def detect_task(folder: Path, config: dict[str, Any]) -> str:
+    """The task a checkpoint is for: its head if it has one, else embeddings."""
+    for arch in config.get("architectures") or []:
+        for suffix, task in _HEAD_TASKS.items():
+            if arch.endswith(suffix):
+                return task
+    return "embed"
+
+
+def _sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
+    """Pooling mode and Normalize presence from a sentence-transformers modules.json, if any."""
+    modules = _read_json(folder / "modules.json") if (folder / "modules.json").exists() else None
+    if not modules:
+        return None, False
+    pooling: str | None = None
+    normalize = False
+    for module in modules if isinstance(modules, list) else []:
+        kind = str(module.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = _read_json(folder / module.get("path", "") / "config.json")
+            pooling = _pooling_from_config(cfg)
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return pooling, normalize
+
+
+def _pooling_from_config(cfg: dict[str, Any]) -> str:
+    mode = cfg.get("pooling_mode")
+    if isinstance(mode, str):
+        return {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
+    for key, name in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_lasttoken", "lasttoken"),
+        ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+        ("pooling_mode_mean_tokens", "mean"),
+    ):
+        if cfg.get(key):
+            return name
+    return "mean"
+
+
+def _max_length(folder: Path, config: dict[str, Any]) -> int:
+    """Usable tokens per text: sentence-transformers' setting, else the tokenizer's, else the position table."""
+    model_type = config.get("model_type", "")
+    positions = int(config.get("max_position_embeddings") or 512)
+    if model_type in _PADDING_OFFSET_POSITIONS:
+        positions -= 2
+    candidates = [positions]
+    st = _read_json(folder / "sentence_bert_config.json")
+    if isinstance(st.get("max_seq_length"), int):
+        candidates.append(st["max_seq_length"])
+    tok = _read_json(folder / "tokenizer_config.json")
+    limit = tok.get("model_max_length")
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        candidates.append(limit)
+    return min(candidates)
+
+
+def _labels(config: dict[str, Any]) -> list[str]:
+    id2label = config.get("id2label") or {}
+    n = int(config.get("num_labels") or len(id2label) or 2)
+    return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(max(n, len(id2label)))]
+
+
+def read_checkpoint(folder: Path, task: str | None = None) -> ModelSpec:
+    """Build the ModelSpec of a checkpoint folder; `task` overrides detection."""
+    config = _read_json(folder / "config.json")
+    if not config:
+        raise ModelLoadError(f"{folder} is not a HuggingFace checkpoint: config.json is missing")
+    detected = detect_task(folder, config)
+    chosen = task or detected
+    if chosen not in TASKS:
+        raise ModelLoadError(
+            f"task {chosen!r} of {folder.name} is not served yet (served tasks: {', '.join(TASKS)})"
+        )
+    model_type = str(config.get("model_type", "bert"))
+    spec = ModelSpec(
+        task=chosen,
+        model_type=model_type,
+        max_length=_max_length(folder, config),
+        uses_token_types=model_type not in _NO_TOKEN_TYPES and int(config.get("type_vocab_size", 2)) > 0,
+        hidden_size=int(config.get("hidden_size") or config.get("dim") or 0),
+    )
+    if chosen == "embed":
+        pooling, normalize = _sentence_transformers_pooling(folder)
+        spec.pooling = pooling or "mean"
+        spec.normalize = normalize
+    else:
+        spec.labels = _labels(config)
+        spec.multi_label = config.get("problem_type") == "multi_label_classification" or len(spec.labels) == 1
+    return spec

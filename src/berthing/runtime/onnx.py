@@ -1,0 +1,33 @@
+"""ONNX Runtime on CPU: the default runtime, free of torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from berthing.tasks.tokenize import Features
+
+
+class OnnxRuntime:
+    """One InferenceSession with all graph optimizations and a fixed intra-op thread count."""
+
+    name = "onnx"
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self.threads = threads
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def run(self, features: Features) -> np.ndarray:
+        feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
+        if "token_type_ids" in self.input_names and features.token_type_ids is not None:
+            feeds["token_type_ids"] = features.token_type_ids
+        return self.session.run(None, feeds)[0]

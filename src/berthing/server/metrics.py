@@ -1,0 +1,72 @@
+"""Prometheus metrics of the server: requests, latency, batches, padding, queue depth, load time."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from berthing.engine.batcher import BatchObserver
+from berthing.engine.model import Model
+
+disable_created_metrics()  # the *_created series double the output and nobody graphs them
+
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """One CollectorRegistry per server, so several servers (tests) never share counters."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "berthing_requests", "HTTP requests by model, route and status", ["model", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "berthing_request_seconds", "Request latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "berthing_batch_size", "Items per runtime batch", ["model"], buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "berthing_batch_tokens", "Padded tokens per runtime batch", ["model"], buckets=_TOKEN_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "berthing_batch_seconds", "Runtime time per batch", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.tokens = Counter(
+            "berthing_tokens", "Tokens run: real vs padded (padding efficiency = real/padded)",
+            ["model", "kind"], registry=r,
+        )
+        self.queue_depth = Gauge("berthing_queue_depth", "Items waiting for a batch", ["model"], registry=r)
+        self.load_seconds = Gauge(
+            "berthing_model_load_seconds", "Seconds to load the model", ["model", "version"], registry=r
+        )
+
+    def watch(self, model: Model) -> BatchObserver:
+        """Register a model's gauges and return the observer its batcher calls after each batch."""
+        label = f"{model.name}:{model.version}"
+        self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
+        self.queue_depth.labels(label).set_function(lambda: model.batcher.depth if model.batcher else 0)
+        size = self.batch_size.labels(label)
+        padded_tokens = self.batch_tokens.labels(label)
+        seconds = self.batch_seconds.labels(label)
+        real = self.tokens.labels(label, "real")
+        padded = self.tokens.labels(label, "padded")
+
+        def observe(items: int, padded_count: int, real_count: int, took: float) -> None:
+            size.observe(items)
+            padded_tokens.observe(padded_count)
+            seconds.observe(took)
+            real.inc(real_count)
+            padded.inc(padded_count)
+
+        return observe
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Protocol adapters: HTTP bytes <-> InferenceRequest/result; they never touch tensors."""

@@ -1,0 +1,71 @@
+"""`berthing serve`: load every model (exporting once if needed), then run uvicorn until SIGTERM drains it."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from rich.console import Console
+
+from berthing.config import Settings
+from berthing.engine.model import load_model
+from berthing.packaging.sources import resolve
+from berthing.registry import Registry
+from berthing.runtime.threads import available_cores
+
+GRACEFUL_SHUTDOWN_S = 60
+
+
+def load_registry(settings: Settings, console: Console) -> Registry:
+    """Load the configured models (the default model when none is named), with a spinner per model."""
+    registry = Registry()
+    specs = settings.models or [None]
+    for spec in specs:
+        source = resolve(spec)
+        with console.status(f"loading {source.name} from {source.path}") as status:
+            model = load_model(source, settings.load_options(), progress=lambda msg: status.update(msg))
+        registry.add(model)
+        console.print(
+            f"[green]✓[/] {model.name} v{model.version}: task={model.spec.task} runtime={model.runtimes[0].name} "
+            f"workers={len(model.runtimes)} threads/worker={model.runtimes[0].threads} "
+            f"max_length={model.spec.max_length} loaded in {model.load_seconds:.2f}s"
+        )
+    return registry
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves so port 0 works and the real port can be printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, console: Console | None = None) -> None:
+    """Load, bind, serve; returns after a graceful shutdown."""
+    import uvicorn
+
+    from berthing.server.app import create_app
+
+    console = console or Console(stderr=True)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"berthing: {available_cores()} cores available")
+    registry = load_registry(settings, console)
+    app = create_app(registry, settings)
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"serving {', '.join(registry.names())} on http://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])

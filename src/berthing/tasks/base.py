@@ -1,0 +1,74 @@
+"""What every task shares: option checking and the contract the engine calls."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from berthing.packaging.checkpoint import ModelSpec
+from berthing.tasks.tokenize import Features
+from berthing.types import InvalidInput, TextInput, TextPair
+
+COMMON_OPTIONS = {"truncate": True}
+
+
+def option_bool(options: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean option, or a 422 naming it."""
+    value = options.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidInput(f"field '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def option_int(options: dict[str, Any], key: str, minimum: int = 1) -> int | None:
+    """An optional integer option >= minimum, or a 422 naming it."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"field '{key}' must be an integer, got {value!r}")
+    if value < minimum:
+        raise InvalidInput(f"field '{key}' must be >= {minimum}, got {value}")
+    return value
+
+
+class Task:
+    """Base task: the engine calls check() per request, split() per batch and finish() per request."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+    accepts_pairs: ClassVar[bool] = False
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def check(self, inputs: list[TextInput], options: dict[str, Any]) -> dict[str, Any]:
+        """Validate inputs and options; return the options with defaults filled in."""
+        allowed = COMMON_OPTIONS | self.options
+        for key in options:
+            if key not in allowed:
+                raise InvalidInput(
+                    f"unknown field '{key}' for a {self.name} model (fields: input, {', '.join(sorted(allowed))})"
+                )
+        if not self.accepts_pairs:
+            for i, item in enumerate(inputs):
+                if isinstance(item, TextPair):
+                    raise InvalidInput(f"input[{i}]: a {self.name} model takes texts, not text pairs")
+        checked = {"truncate": option_bool(options, "truncate", True)}
+        checked.update(self.check_options(options))
+        return checked
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Task-specific options, validated."""
+        return {}
+
+    def split(self, output: np.ndarray, features: Features) -> np.ndarray:
+        """Turn a batch's raw runtime output into one row per item (runs in the worker thread)."""
+        raise NotImplementedError
+
+    def finish(self, rows: np.ndarray, options: dict[str, Any]) -> list[Any]:
+        """Turn one request's rows into its JSON-ready results."""
+        raise NotImplementedError

@@ -1,0 +1,76 @@
+"""Batch tokenization with the Rust `tokenizers` library and per-batch padding with numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from berthing.types import PayloadTooLarge, TextInput, TextPair
+
+
+@dataclass(slots=True)
+class Encoded:
+    """One tokenized input, unpadded."""
+
+    ids: list[int]
+    type_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(slots=True)
+class Features:
+    """A padded batch, the runtime's input."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None
+
+
+class Encoder:
+    """Tokenizes inputs truncated to the model's max length; padding happens per batch, not here."""
+
+    def __init__(self, tokenizer_file: Path, max_length: int, uses_token_types: bool) -> None:
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        padding = self.tokenizer.padding or {}
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
+        self.max_length = max_length
+        self.uses_token_types = uses_token_types
+        found = (i for t in ("[PAD]", "<pad>", "<PAD>") if (i := self.tokenizer.token_to_id(t)) is not None)
+        self.pad_id = int(padding.get("pad_id", next(found, 0)))
+
+    def encode(self, inputs: list[TextInput], truncate: bool = True) -> list[Encoded]:
+        """Tokenize a list of texts or pairs in one Rust call; with truncate=False, too-long input is a 413."""
+        batch: list[str | tuple[str, str]] = [
+            (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
+        ]
+        encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)
+        out: list[Encoded] = []
+        for i, enc in enumerate(encodings):
+            if not truncate and enc.overflowing:
+                raise PayloadTooLarge(
+                    f"input[{i}] is longer than the model's max length of {self.max_length} tokens "
+                    "and truncate is false"
+                )
+            out.append(Encoded(enc.ids, enc.type_ids))
+        return out
+
+    def collate(self, items: list[Encoded]) -> Features:
+        """Pad a batch to its longest item (never to max_length)."""
+        width = max(item.length for item in items)
+        ids = np.full((len(items), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), width), dtype=np.int64)
+        types = np.zeros((len(items), width), dtype=np.int64) if self.uses_token_types else None
+        for row, item in enumerate(items):
+            n = item.length
+            ids[row, :n] = item.ids
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = item.type_ids
+        return Features(ids, mask, types)
