@@ -1,0 +1,82 @@
+"""Shared fixtures: one cache folder per run for tiny models and ONNX exports; servers on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from berthing.config import Settings
+from berthing.engine.model import Model, load_model
+from berthing.packaging.sources import ModelSource, default_model_path
+from berthing.registry import Registry
+from tests.support import models as tiny
+from tests.support.servers import ThreadServer
+
+CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """Where tiny models and ONNX artifacts live for the whole run (reused across runs, keyed by hash)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return CACHE
+
+
+@pytest.fixture(scope="session")
+def settings(cache_dir: Path) -> Settings:
+    return Settings(cache_dir=cache_dir / "berthing")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cache_dir: Path):
+    """Factory: tiny_model_dir('classify') -> folder of a seeded tiny model."""
+    return lambda kind: tiny.build(kind, cache_dir / "tiny")
+
+
+_LOADED: dict[tuple[str, str], Model] = {}
+
+
+@pytest.fixture(scope="session")
+def load(settings: Settings, tiny_model_dir):
+    """Factory: load(kind, name=None, runtime='onnx') -> a Model, loaded once per run."""
+
+    def _load(kind: str, name: str | None = None, runtime: str = "onnx") -> Model:
+        key = (kind, runtime)
+        if key not in _LOADED:
+            path = default_model_path() if kind == "minilm" else tiny_model_dir(kind)
+            options = settings.model_copy(update={"runtime": runtime}).load_options()
+            _LOADED[key] = load_model(ModelSource(name or kind, path), options)
+        return _LOADED[key]
+
+    return _load
+
+
+@pytest.fixture()
+def server_factory(settings: Settings):
+    """Factory: server_factory({name: model}, **setting_overrides) -> context manager of a ThreadServer."""
+
+    def _make(models: dict[str, Model], **overrides: object) -> ThreadServer:
+        registry = Registry()
+        for name, model in models.items():
+            clone = Model(
+                name, model.version, model.spec, model.encoder, model.runtimes, model.limits, model.source,
+                model.load_seconds,
+            )
+            if "limits" in overrides:
+                clone.limits = overrides.pop("limits")  # type: ignore[assignment]
+            registry.add(clone)
+        return ThreadServer(registry, settings.model_copy(update=overrides))
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def minilm_server(load, settings: Settings) -> Iterator[ThreadServer]:
+    """The real all-MiniLM-L6-v2 behind a server, shared by the tests that only read from it."""
+    registry = Registry()
+    registry.add(load("minilm", "minilm"))
+    with ThreadServer(registry, settings) as server:
+        yield server

@@ -1,0 +1,1 @@
+"""Test support: tiny seeded models and real servers on loopback."""

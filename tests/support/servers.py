@@ -1,0 +1,89 @@
+"""Real servers on 127.0.0.1: in a thread (fast, shares loaded models) or as a `berthing serve` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from berthing.config import Settings
+from berthing.registry import Registry
+from berthing.server.app import create_app
+from berthing.server.runner import bind
+
+
+class ThreadServer:
+    """A uvicorn server over a registry, in a background thread, on a free loopback port."""
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self.app = create_app(registry, settings)
+        self.sock = bind("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, loop="asyncio", http="httptools", log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@contextmanager
+def cli_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run `berthing serve ARGS --port 0` as a process; yield (process, base URL); stop it with SIGTERM."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "berthing.cli", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
+    )
+    url = None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            url = found.group(1)
+        if url and "startup complete" in line:
+            break
+    if url is None:
+        proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(lines))
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.stdout.close()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
