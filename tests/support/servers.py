@@ -49,7 +49,9 @@ class ThreadServer:
 
 
 @contextmanager
-def cli_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[tuple[subprocess.Popen, str]]:
+def cli_server(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run `berthing serve ARGS --port 0` as a process; yield (process, base URL); stop it with SIGTERM."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(
