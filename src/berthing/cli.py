@@ -21,7 +21,7 @@ def _help(field: str) -> str:
     info = Settings.model_fields[field]
     env = f"BERTHING_{field.upper()}"
     default = info.get_default(call_default_factory=True)
-    return f"{info.description} [env {env}; default {default}]"
+    return f"{info.description} (env {env}; default {default})"
 
 
 def _settings(**flags: Any) -> Settings:
@@ -59,7 +59,7 @@ def serve(
     max_items: Annotated[int | None, typer.Option(help=_help("max_items"))] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help=_help("max_body_bytes"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings [env BERTHING_CONFIG_FILE]")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (env BERTHING_CONFIG_FILE)")] = None,
 ) -> None:
     """Serve models over HTTP (TorchServe-compatible inference API, /metrics, /openapi.json)."""
     from berthing.server.runner import serve as run_server

@@ -65,7 +65,7 @@ def _download_hub(repo_id: str) -> Path:
         raise ModelLoadError(
             f"cannot download {repo_id!r} from the HuggingFace hub ({type(exc).__name__}): this machine is "
             "offline or the id is wrong. Download it where a network exists "
-            "(huggingface-cli download ID --local-dir DIR) and serve the folder."
+            "(hf download ID --local-dir DIR) and serve the folder."
         ) from exc
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 
 from rich.console import Console
 
@@ -44,6 +46,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _drained_server_class():
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit -15); a completed drain exits 0 instead."""
+    import uvicorn
+
+    class DrainedServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                getattr(self, "_captured_signals", []).clear()
+
+    return DrainedServer
+
+
 def serve(settings: Settings, console: Console | None = None) -> None:
     """Load, bind, serve; returns after a graceful shutdown."""
     import uvicorn
@@ -68,4 +84,4 @@ def serve(settings: Settings, console: Console | None = None) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _drained_server_class()(config).run(sockets=[sock])

@@ -1,0 +1,30 @@
+"""Settings precedence: CLI flags (init) > BERTHING_* env > TOML file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from berthing.config import Settings
+
+
+def test_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = tmp_path / "berthing.toml"
+    toml.write_text('port = 9000\nmax_items = 7\nmax_wait_ms = 3.5\nmodels = ["a=./x"]\n')
+    monkeypatch.setenv("BERTHING_CONFIG_FILE", str(toml))
+    assert (Settings().port, Settings().max_items, Settings().models) == (9000, 7, ["a=./x"])
+    monkeypatch.setenv("BERTHING_MAX_ITEMS", "9")
+    monkeypatch.setenv("BERTHING_MODELS", "a=./x, b=./y")
+    assert (Settings().max_items, Settings().models) == (9, ["a=./x", "b=./y"])
+    assert Settings(max_items=11).max_items == 11
+    assert Settings().max_wait_ms == 3.5 and Settings().max_batch_size == 64
+
+
+def test_unknown_keys_and_missing_file_are_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("max_itemz = 3\n")
+    with pytest.raises(ValueError, match="max_itemz"):
+        Settings(config_file=toml)
+    with pytest.raises(FileNotFoundError):
+        Settings(config_file=tmp_path / "none.toml")
