@@ -7,9 +7,20 @@ from typing import Any
 from berthing.types import InvalidInput, PayloadTooLarge, TextInput, TextPair
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages (a client sent null, not NoneType)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise InvalidInput(f"{where} must be a string, got {type(value).__name__}")
+        raise InvalidInput(f"{where} must be a string, got {json_type(value)}")
     if not value.strip():
         raise InvalidInput(f"{where} is empty or blank")
     return value
@@ -42,5 +53,10 @@ def parse_inputs(value: Any, field: str = "input", max_items: int | None = None)
         return [_item(value, f"field '{field}'" if isinstance(value, str) else field)], True
     raise InvalidInput(
         f"field '{field}' must be a string, a {{'text', 'text_pair'}} object or a list of them, "
-        f"got {type(value).__name__}"
+        f"got {json_type(value)}"
     )
+
+
+def parse_pair(text: Any, text_pair: Any) -> TextPair:
+    """The flat {"text": ..., "text_pair": ...} form: two strings, each named by its own field."""
+    return TextPair(_text(text, "field 'text'"), _text(text_pair, "field 'text_pair'"))

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -22,6 +22,7 @@ from berthing.types import BerthingError, PayloadTooLarge
 
 log = logging.getLogger("berthing.server")
 JSON = "application/json"
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": metrics only, never sent
 
 
 def error_response(error: BerthingError) -> Response:
@@ -65,6 +66,9 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
             if error.code >= 500:
                 log.error("%s: %s", label, error.message)
             response = error_response(error)
+        except ClientDisconnect:
+            log.info("%s: client disconnected while sending the body", label)
+            response = Response(status_code=CLIENT_CLOSED)
         except Exception as exc:
             log.exception("unexpected error on %s", label)
             response = error_response(BerthingError(f"internal error: {type(exc).__name__}: {exc}"))
@@ -81,10 +85,17 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
     async def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        error = BerthingError(str(exc.detail))
+        headers = dict(exc.headers or {})
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            kind, message = "NotFound", f"no route for {where} (routes: {', '.join(r.path for r in routes)})"
+        elif exc.status_code == 405:
+            kind, message = "MethodNotAllowed", f"method not allowed: {where} (allowed: {headers.get('Allow', 'none')})"
+        else:
+            kind, message = "HTTPError", f"{where}: {exc.detail}"
+        error = BerthingError(message, headers=headers)
         error.code, error.type = exc.status_code, kind
         return error_response(error)
 
