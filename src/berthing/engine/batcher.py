@@ -20,6 +20,11 @@ from berthing.engine.batching import select_batch
 from berthing.tasks.tokenize import Encoded
 from berthing.types import BerthingError, InferenceFailed, Overloaded
 
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 RunBatch = Callable[[list[Encoded]], np.ndarray]
 BatchObserver = Callable[[int, int, int, float], None]
 
@@ -86,7 +91,8 @@ class Batcher:
             raise BerthingError(f"model {self.name!r} is not running")
         if self._pending and len(self._pending) + len(encoded) > self.limits.max_queue:
             raise Overloaded(
-                f"model {self.name!r} has {len(self._pending)} items queued (limit {self.limits.max_queue}); retry later"
+                f"model {self.name!r} has {_count(len(self._pending), 'item')} queued "
+                f"(limit {self.limits.max_queue}); retry later"
             )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in encoded]
@@ -123,7 +129,7 @@ class Batcher:
                 rows = await loop.run_in_executor(self._executor, run, [item.encoded for item in batch])
             except Exception as exc:  # noqa: BLE001 - a failing batch fails only its own requests
                 error = exc if isinstance(exc, BerthingError) else InferenceFailed(
-                    f"inference failed on a batch of {len(batch)} items: {type(exc).__name__}: {exc}"
+                    f"inference failed on a batch of {_count(len(batch), 'item')}: {type(exc).__name__}: {exc}"
                 )
                 for item in batch:
                     if not item.future.done():

@@ -63,8 +63,8 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
             results = await model.infer(inputs, options)
             response = Response(torchserve.encode_result(results, single), media_type=JSON)
         except BerthingError as error:
-            if error.code >= 500:
-                log.error("%s: %s", label, error.message)
+            if error.code >= 500:  # 503 is load shedding, expected under overload: a warning, not an error
+                log.log(logging.WARNING if error.code == 503 else logging.ERROR, "%s: %s", label, error.message)
             response = error_response(error)
         except ClientDisconnect:
             log.info("%s: client disconnected while sending the body", label)
@@ -99,6 +99,10 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
         error.code, error.type = exc.status_code, kind
         return error_response(error)
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(BerthingError(f"internal error: {type(exc).__name__}"))
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         for model in registry.all():
@@ -115,7 +119,9 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
         Route("/openapi.json", describe, methods=["GET"]),
         Route("/", describe, methods=["OPTIONS"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: unexpected}
+    )
     app.state.registry = registry
     app.state.metrics = metrics
     return app

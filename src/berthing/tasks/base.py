@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.tasks.tokenize import Features
@@ -13,13 +14,21 @@ from berthing.types import InvalidInput, TextInput, TextPair
 COMMON_OPTIONS = {"truncate": True}
 
 
+def as_json(value: Any) -> str:
+    """Show a bad value as the client wrote it (true, "yes", 2.5), not as Python's repr."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return repr(value)
+
+
 def option_bool(options: dict[str, Any], key: str, default: bool) -> bool:
     """A boolean option, or a 422 naming it."""
     value = options.get(key, default)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidInput(f"field '{key}' must be true or false, got {value!r}")
+        raise InvalidInput(f"field '{key}' must be true or false, got {as_json(value)}")
     return value
 
 
@@ -29,7 +38,7 @@ def option_int(options: dict[str, Any], key: str, minimum: int = 1) -> int | Non
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"field '{key}' must be an integer, got {value!r}")
+        raise InvalidInput(f"field '{key}' must be an integer, got {as_json(value)}")
     if value < minimum:
         raise InvalidInput(f"field '{key}' must be >= {minimum}, got {value}")
     return value
@@ -39,6 +48,7 @@ class Task:
     """Base task: the engine calls check() per request, split() per batch and finish() per request."""
 
     name: ClassVar[str] = ""
+    noun: ClassVar[str] = "a model"  # how messages name the model: "an embedding model"
     options: ClassVar[dict[str, Any]] = {}
     accepts_pairs: ClassVar[bool] = False
 
@@ -51,12 +61,12 @@ class Task:
         for key in options:
             if key not in allowed:
                 raise InvalidInput(
-                    f"unknown field '{key}' for a {self.name} model (fields: input, {', '.join(sorted(allowed))})"
+                    f"unknown field '{key}' for {self.noun} (fields: input, {', '.join(sorted(allowed))})"
                 )
         if not self.accepts_pairs:
             for i, item in enumerate(inputs):
                 if isinstance(item, TextPair):
-                    raise InvalidInput(f"input[{i}]: a {self.name} model takes texts, not text pairs")
+                    raise InvalidInput(f"input[{i}]: {self.noun} takes texts, not text pairs")
         checked = {"truncate": option_bool(options, "truncate", True)}
         checked.update(self.check_options(options))
         return checked

@@ -27,6 +27,7 @@ class ClassifyTask(Task):
     """A label and its probability per text or text pair; `top_k` returns the k best instead."""
 
     name: ClassVar[str] = "classify"
+    noun: ClassVar[str] = "a classification model"
     options: ClassVar[dict[str, Any]] = {"top_k": None}
     accepts_pairs: ClassVar[bool] = True
 

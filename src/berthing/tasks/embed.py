@@ -37,6 +37,7 @@ class EmbedTask(Task):
     """One float vector per text."""
 
     name: ClassVar[str] = "embed"
+    noun: ClassVar[str] = "an embedding model"
     options: ClassVar[dict[str, Any]] = {"normalize": None}
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
