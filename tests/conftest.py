@@ -13,6 +13,7 @@ from berthing.engine.model import Model, load_model
 from berthing.packaging.sources import ModelSource, default_model_path
 from berthing.registry import Registry
 from tests.support import models as tiny
+from tests.support.http import clone
 from tests.support.servers import ThreadServer
 
 CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
@@ -60,14 +61,12 @@ def server_factory(settings: Settings):
 
     def _make(models: dict[str, Model], **overrides: object) -> ThreadServer:
         registry = Registry()
+        limits = overrides.pop("limits", None)
         for name, model in models.items():
-            clone = Model(
-                name, model.version, model.spec, model.encoder, model.runtimes, model.limits, model.source,
-                model.load_seconds,
-            )
-            if "limits" in overrides:
-                clone.limits = overrides.pop("limits")  # type: ignore[assignment]
-            registry.add(clone)
+            copy = clone(model, name)
+            if limits is not None:
+                copy.limits = limits  # type: ignore[assignment]
+            registry.add(copy)
         return ThreadServer(registry, settings.model_copy(update=overrides))
 
     return _make
@@ -80,3 +79,13 @@ def minilm_server(load, settings: Settings) -> Iterator[ThreadServer]:
     registry.add(load("minilm", "minilm"))
     with ThreadServer(registry, settings) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def api(load, settings: Settings) -> Iterator[str]:
+    """One server per test module with a classifier 'sentiment' and an embedder 'embedder'; yields its URL."""
+    registry = Registry()
+    registry.add(clone(load("classify"), "sentiment"))
+    registry.add(clone(load("embed"), "embedder"))
+    with ThreadServer(registry, settings) as server:
+        yield server.url

@@ -14,10 +14,8 @@ import numpy as np
 import orjson
 import pytest
 
-from berthing.config import Settings
 from berthing.engine.batcher import BatchLimits
 from berthing.engine.model import Model
-from berthing.registry import Registry
 from berthing.runtime.base import Runtime
 from berthing.tasks.tokenize import Features
 from tests.support.http import WAIT_S, clone, metric, wait_for
@@ -46,14 +44,6 @@ def assert_error(response: httpx.Response, code: int, kind: str, message: str) -
     assert (response.status_code, response.json()) == (code, error(code, kind, message))
 
 
-@pytest.fixture(scope="module")
-def api(load: Callable[..., Model], settings: Settings) -> Iterator[str]:
-    """One server for the table-driven cases: a classifier 'sentiment' and an embedder 'embedder'."""
-    registry = Registry()
-    registry.add(clone(load("classify"), "sentiment"))
-    registry.add(clone(load("embed"), "embedder"))
-    with ThreadServer(registry, settings) as server:
-        yield server.url
 
 
 @dataclass(frozen=True)

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from berthing.config import Settings
 from berthing.engine.model import Model
-from berthing.registry import Registry
-from tests.support.http import clone, metric
+from tests.support.http import metric
 from tests.support.servers import ThreadServer
 
 LABELS = {"negative", "neutral", "positive"}
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-@pytest.fixture(scope="module")
-def api(load: Callable[..., Model], settings: Settings) -> Iterator[str]:
-    registry = Registry()
-    registry.add(clone(load("classify"), "sentiment"))
-    registry.add(clone(load("embed"), "embedder"))
-    with ThreadServer(registry, settings) as server:
-        yield server.url
 
 
 def ok(response: httpx.Response) -> Any:
