@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Model workers (each a runtime instance and a thread).")
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
-    max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per batch (longest x count).")
+    max_batch_tokens: int = Field(
+        512, ge=1, description="Padded tokens per runtime call (longest x count); small batches of similar length run fastest on CPU."
+    )
     max_batch_size: int = Field(64, ge=1, description="Items per batch.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = dispatch at once.")
     max_queue: int = Field(2048, ge=1, description="Items queued per model before answering 503.")

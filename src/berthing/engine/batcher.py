@@ -39,7 +39,7 @@ class _Item:
 class BatchLimits:
     """How batches are formed; every field is a setting."""
 
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 512
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
     max_queue: int = 2048
