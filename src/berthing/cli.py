@@ -14,7 +14,7 @@ from berthing.config import Settings
 from berthing.types import BerthingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BERT-family encoders, from checkpoint to service.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _help(field: str) -> str:

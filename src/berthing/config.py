@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
     max_batch_tokens: int = Field(
-        512, ge=1, description="Padded tokens per runtime call (longest x count); small batches of similar length run fastest on CPU."
+        512, ge=1, description="Padded tokens per runtime call (longest x count); small similar-length batches run fastest."
     )
     max_batch_size: int = Field(64, ge=1, description="Items per batch.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = dispatch at once.")

@@ -64,7 +64,9 @@ def ensure_tokenizer_json(folder: Path, target: Path) -> None:
 def load_torch_model(folder: Path, spec: ModelSpec):
     """The PyTorch module whose output the runtime serves: the encoder, or the model with its head."""
     from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor bar for a 1-second load is noise in server logs
     cls = AutoModelForSequenceClassification if spec.task == "classify" else AutoModel
     try:
         model = cls.from_pretrained(str(folder))
@@ -142,7 +144,7 @@ def export(folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        say(f"exporting {folder.name} to ONNX (once; cached in {target})")
+        say(f"exporting to ONNX, once (cached in {target})")
         ensure_tokenizer_json(folder, tmp)
         _export_onnx(folder, spec, tmp)
         (tmp / "berthing.json").write_text(spec.to_json(), encoding="utf-8")

@@ -25,7 +25,13 @@ def load_registry(settings: Settings, console: Console) -> Registry:
     for spec in specs:
         source = resolve(spec)
         with console.status(f"loading {source.name} from {source.path}") as status:
-            model = load_model(source, settings.load_options(), progress=lambda msg: status.update(msg))
+
+            def progress(message: str, status=status, name=source.name) -> None:
+                status.update(message)
+                if not console.is_terminal:  # logs should still say that an export happened
+                    console.print(f"{name}: {message}")
+
+            model = load_model(source, settings.load_options(), progress=progress)
         registry.add(model)
         console.print(
             f"[green]✓[/] {model.name} v{model.version}: task={model.spec.task} runtime={model.runtimes[0].name} "
@@ -66,7 +72,7 @@ def serve(settings: Settings, console: Console | None = None) -> None:
 
     from berthing.server.app import create_app
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"berthing: {available_cores()} cores available")
     registry = load_registry(settings, console)
