@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the inference API binds.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the inference API (0 picks a free one).")
-    task: Literal["embed", "classify"] | None = Field(None, description="Force the task instead of detecting it.")
+    task: Literal["embed", "classify", "ner", "qa", "rerank"] | None = Field(
+        None, description="Force the task instead of detecting it."
+    )
     runtime: Literal["onnx", "torch"] = Field("onnx", description="onnx (default, no torch) or torch.")
     workers: int = Field(1, ge=1, le=64, description="Model workers (each a runtime instance and a thread).")
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")

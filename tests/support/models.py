@@ -11,6 +11,8 @@ from berthing.packaging.sources import default_model_path
 BUILD_VERSION = "1"  # bump to rebuild cached tiny models
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 LABELS = ["negative", "neutral", "positive"]
+NER_BIO = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+NER_BIOES = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
 
 
 def _bert_config(**extra: object):
@@ -19,6 +21,13 @@ def _bert_config(**extra: object):
     return BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128, **extra,
+    )
+
+
+def _labelled(labels: list[str], **extra: object):
+    """A tiny BERT config whose head predicts `labels`."""
+    return _bert_config(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}, **extra
     )
 
 
@@ -45,7 +54,7 @@ def _save(model, target: Path, files: tuple[str, ...] = TOKENIZER_FILES) -> Path
 def build(kind: str, root: Path) -> Path:
     """Return the folder of tiny model `kind`, building it (seeded) if missing."""
     import torch
-    from transformers import BertForSequenceClassification, BertModel
+    from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertModel
 
     target = root / f"v{BUILD_VERSION}" / kind
     if (target / "config.json").exists():
@@ -57,14 +66,17 @@ def build(kind: str, root: Path) -> Path:
     if kind == "embed-vocab-only":  # no tokenizer.json: berthing must build one
         return _save(BertModel(_bert_config()), target, ("vocab.txt", "tokenizer_config.json"))
     if kind == "classify":
-        config = _bert_config(num_labels=3, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-        return _save(BertForSequenceClassification(config), target)
+        return _save(BertForSequenceClassification(_labelled(LABELS)), target)
     if kind == "multilabel":
-        config = _bert_config(
-            num_labels=3, id2label=dict(enumerate(["sports", "tech", "food"])),
-            label2id={"sports": 0, "tech": 1, "food": 2}, problem_type="multi_label_classification",
-        )
+        config = _labelled(["sports", "tech", "food"], problem_type="multi_label_classification")
         return _save(BertForSequenceClassification(config), target)
+    if kind in ("ner", "ner-bioes"):
+        labels = NER_BIO if kind == "ner" else NER_BIOES
+        return _save(BertForTokenClassification(_labelled(labels)), target)
+    if kind == "qa":
+        return _save(BertForQuestionAnswering(_bert_config()), target)
+    if kind == "rerank":  # a cross-encoder: one logit, scored with sigmoid
+        return _save(BertForSequenceClassification(_bert_config(num_labels=1)), target)
     if kind == "st-cls":  # sentence-transformers layout with CLS pooling + Normalize (as bge)
         folder = _save(BertModel(_bert_config()), target)
         (folder / "1_Pooling").mkdir()

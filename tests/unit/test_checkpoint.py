@@ -67,10 +67,25 @@ def test_bge_style_cls_pooling(tmp_path: Path) -> None:
 
 
 def test_task_override_and_unserved_heads(tmp_path: Path) -> None:
-    folder = _write(tmp_path / "ner", {"model_type": "bert", "architectures": ["BertForTokenClassification"]})
-    with pytest.raises(ModelLoadError, match="task 'ner' of ner is not served yet"):
-        read_checkpoint(folder)
+    folder = _write(
+        tmp_path / "ner",
+        {"model_type": "bert", "architectures": ["BertForTokenClassification"], "id2label": {"0": "O", "1": "B-PER"}},
+    )
+    assert (read_checkpoint(folder).task, read_checkpoint(folder).labels) == ("ner", ["O", "B-PER"])
     assert read_checkpoint(folder, task="embed").task == "embed"
+    with pytest.raises(ModelLoadError, match="unknown task 'translate'"):
+        read_checkpoint(folder, task="translate")
+    qa = _write(tmp_path / "qa", {"model_type": "bert", "architectures": ["BertForQuestionAnswering"]})
+    assert read_checkpoint(qa).task == "qa"
+
+
+def test_cross_encoders_are_rerankers(tmp_path: Path) -> None:
+    arch = ["BertForSequenceClassification"]
+    one_label = _write(
+        tmp_path / "ce1", {"model_type": "bert", "architectures": arch, "num_labels": 1, "id2label": {"0": "LABEL_0"}}
+    )
+    st = _write(tmp_path / "ce2", {"model_type": "bert", "architectures": arch, "sentence_transformers": {"version": "5"}})
+    assert read_checkpoint(one_label).task == read_checkpoint(st).task == "rerank"
 
 
 def test_missing_config_and_sources(tmp_path: Path) -> None:

@@ -90,25 +90,25 @@ class Model:
         assert self.batcher is not None
         checked = self.task.check(inputs, options)
         if len(inputs) > _INLINE_TOKENIZE_ITEMS:
-            encoded = await asyncio.to_thread(self.encoder.encode, inputs, checked["truncate"])
+            encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
         else:
-            encoded = self.encoder.encode(inputs, checked["truncate"])
+            encoded = self.task.encode(self.encoder, inputs, checked)
         rows = await asyncio.gather(*self.batcher.submit(encoded))
-        return self.task.finish(np.stack(rows), checked)
+        return self.task.finish(list(rows), encoded, inputs, checked)
 
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Synchronous in-process prediction on the same task, encoder and runtime; mirrors the input."""
         items, single = parse_inputs(inputs)
         checked = self.task.check(items, options)
-        encoded = self.encoder.encode(items, checked["truncate"])
-        rows: list[np.ndarray | None] = [None] * len(encoded)
+        encoded = self.task.encode(self.encoder, items, checked)
+        rows: list[np.ndarray] = [np.empty(0)] * len(encoded)
         run = self._runner(self.runtimes[0])
         lengths = [e.length for e in encoded]
         for batch in plan_batches(lengths, self.limits.max_batch_tokens, self.limits.max_batch_size):
             out = run([encoded[i] for i in batch])
             for i, row in zip(batch, out, strict=True):
                 rows[i] = row
-        results = self.task.finish(np.stack(rows), checked)
+        results = self.task.finish(rows, encoded, items, checked)
         return results[0] if single else results
 
     def describe(self) -> dict[str, Any]:
@@ -137,6 +137,14 @@ def _make_runtime(kind: str, artifact: Path, folder: Path, spec: ModelSpec, thre
     raise ModelLoadError(f"unknown runtime {kind!r} (runtimes: onnx, torch)")
 
 
+def check_served(task: str, name: str) -> None:
+    """Refuse a task this version cannot serve, naming the ones it can."""
+    from berthing.tasks.registry import TASK_CLASSES
+
+    if task not in TASK_CLASSES:
+        raise ModelLoadError(f"task {task!r} of {name} is not served yet (served tasks: {', '.join(TASK_CLASSES)})")
+
+
 def load_model(
     source: ModelSource, options: LoadOptions, progress: Callable[[str], None] | None = None
 ) -> Model:
@@ -154,8 +162,11 @@ def load_model(
         artifact.mkdir(parents=True, exist_ok=True)
         ensure_tokenizer_json(folder, artifact)
     else:
+        if not is_artifact(folder):
+            check_served(read_checkpoint(folder, options.task).task, source.name)  # before a useless export
         artifact = prepare(folder, options.task, options.cache_dir, progress)
         spec = ModelSpec.from_dict(json.loads((artifact / "berthing.json").read_text("utf-8")))
+    check_served(spec.task, source.name)
     encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
     workers = max(1, options.workers)
     threads = threads_per_worker(workers, options.threads)

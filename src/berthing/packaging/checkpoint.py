@@ -12,7 +12,7 @@ from typing import Any
 
 from berthing.types import ModelLoadError
 
-TASKS = ("embed", "classify")
+TASKS = ("embed", "classify", "ner", "qa", "rerank")
 POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len")
 # Heads this version can serve; the others are detected so the error can name them.
 _HEAD_TASKS = {
@@ -61,12 +61,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def detect_task(folder: Path, config: dict[str, Any]) -> str:
-    """The task a checkpoint is for: its head if it has one, else embeddings."""
+    """The task a checkpoint is for: its head if it has one, else embeddings.
+
+    A sequence classifier with one label, or with sentence-transformers' CrossEncoder settings in its
+    config, is a cross-encoder: reranking.
+    """
     for arch in config.get("architectures") or []:
         for suffix, task in _HEAD_TASKS.items():
             if arch.endswith(suffix):
+                if task == "classify" and (_num_labels(config) == 1 or "sentence_transformers" in config):
+                    return "rerank"
                 return task
     return "embed"
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
 
 
 def _sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
@@ -121,7 +131,7 @@ def _max_length(folder: Path, config: dict[str, Any]) -> int:
 
 def _labels(config: dict[str, Any]) -> list[str]:
     id2label = config.get("id2label") or {}
-    n = int(config.get("num_labels") or len(id2label) or 2)
+    n = _num_labels(config)
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(max(n, len(id2label)))]
 
 
@@ -133,9 +143,7 @@ def read_checkpoint(folder: Path, task: str | None = None) -> ModelSpec:
     detected = detect_task(folder, config)
     chosen = task or detected
     if chosen not in TASKS:
-        raise ModelLoadError(
-            f"task {chosen!r} of {folder.name} is not served yet (served tasks: {', '.join(TASKS)})"
-        )
+        raise ModelLoadError(f"unknown task {chosen!r} (tasks: {', '.join(TASKS)})")
     model_type = str(config.get("model_type", "bert"))
     spec = ModelSpec(
         task=chosen,
@@ -148,7 +156,7 @@ def read_checkpoint(folder: Path, task: str | None = None) -> ModelSpec:
         pooling, normalize = _sentence_transformers_pooling(folder)
         spec.pooling = pooling or "mean"
         spec.normalize = normalize
-    else:
+    elif chosen in ("classify", "rerank", "ner"):
         spec.labels = _labels(config)
         spec.multi_label = config.get("problem_type") == "multi_label_classification" or len(spec.labels) == 1
     return spec

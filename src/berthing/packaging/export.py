@@ -61,13 +61,36 @@ def ensure_tokenizer_json(folder: Path, target: Path) -> None:
         raise ModelLoadError(f"{folder} has no usable tokenizer (tokenizer.json or vocab files): {exc}") from exc
 
 
+# What each task's graph returns: the encoder's hidden states, or the head's logits ([B, L], [B, T, L]);
+# QA's start and end logits are stacked into one [B, T, 2] tensor so every runtime has one output.
+OUTPUT_NAMES = {
+    "embed": "last_hidden_state", "classify": "logits", "rerank": "logits", "ner": "logits", "qa": "span_logits",
+}
+
+
+def task_output(out, task: str):
+    """The one tensor a task's runtime returns, from a transformers model output."""
+    if task == "embed":
+        return out.last_hidden_state
+    if task == "qa":
+        import torch
+
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.logits
+
+
 def load_torch_model(folder: Path, spec: ModelSpec):
     """The PyTorch module whose output the runtime serves: the encoder, or the model with its head."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor bar for a 1-second load is noise in server logs
-    cls = AutoModelForSequenceClassification if spec.task == "classify" else AutoModel
+    cls = {
+        "classify": transformers.AutoModelForSequenceClassification,
+        "rerank": transformers.AutoModelForSequenceClassification,
+        "ner": transformers.AutoModelForTokenClassification,
+        "qa": transformers.AutoModelForQuestionAnswering,
+    }.get(spec.task, transformers.AutoModel)
     try:
         model = cls.from_pretrained(str(folder))
     except Exception as exc:
@@ -88,8 +111,7 @@ def _wrapper(model, spec: ModelSpec):
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
-            out = self.model(**kwargs)
-            return out.logits if spec.task == "classify" else out.last_hidden_state
+            return task_output(self.model(**kwargs), spec.task)
 
     return Wrapped().eval()
 
@@ -102,14 +124,14 @@ def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
     model = load_torch_model(folder, spec)
     wrapped = _wrapper(model, spec)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if spec.uses_token_types else [])
-    output = "logits" if spec.task == "classify" else "last_hidden_state"
+    output = OUTPUT_NAMES[spec.task]
     ids = torch.tensor([[2, 5, 7, 9, 3], [2, 6, 8, 3, 0]], dtype=torch.long)
     mask = (ids > 0).long()
     args = (ids, mask) + ((torch.zeros_like(ids),) if spec.uses_token_types else ())
     with torch.inference_mode():
         expected = wrapped(*args).numpy()
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[output] = {0: "batch"} if spec.task == "classify" else {0: "batch", 1: "sequence"}
+    axes[output] = {0: "batch"} if spec.task in ("classify", "rerank") else {0: "batch", 1: "sequence"}
     path = target / "model.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the output is checked below instead

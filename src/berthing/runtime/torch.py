@@ -18,13 +18,14 @@ class TorchRuntime:
     def __init__(self, folder: Path, spec: ModelSpec, threads: int) -> None:
         import torch
 
-        from berthing.packaging.export import load_torch_model
+        from berthing.packaging.export import load_torch_model, task_output
 
         torch.set_num_threads(threads)
         self.threads = threads
         self.torch = torch
         self.spec = spec
         self.model = load_torch_model(folder, spec)
+        self.task_output = task_output
 
     def run(self, features: Features) -> np.ndarray:
         torch = self.torch
@@ -36,5 +37,4 @@ class TorchRuntime:
             kwargs["token_type_ids"] = torch.from_numpy(features.token_type_ids)
         with torch.inference_mode():
             out = self.model(**kwargs)
-        tensor = out.logits if self.spec.task == "classify" else out.last_hidden_state
-        return tensor.float().numpy()
+        return self.task_output(out, self.spec.task).float().numpy()

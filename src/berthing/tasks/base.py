@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import orjson
 
 from berthing.packaging.checkpoint import ModelSpec
-from berthing.tasks.tokenize import Features
+from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import InvalidInput, TextInput, TextPair
 
 COMMON_OPTIONS = {"truncate": True}
@@ -45,7 +46,11 @@ def option_int(options: dict[str, Any], key: str, minimum: int = 1) -> int | Non
 
 
 class Task:
-    """Base task: the engine calls check() per request, split() per batch and finish() per request."""
+    """Base task: per request check() then encode(); per batch split() (worker thread); per request finish().
+
+    encode() may turn one input into several items (windows over a long text); finish() gets every item's
+    row together with the items themselves, in order, and returns one result per input.
+    """
 
     name: ClassVar[str] = ""
     noun: ClassVar[str] = "a model"  # how messages name the model: "an embedding model"
@@ -75,10 +80,16 @@ class Task:
         """Task-specific options, validated."""
         return {}
 
-    def split(self, output: np.ndarray, features: Features) -> np.ndarray:
+    def encode(self, encoder: Encoder, inputs: list[TextInput], options: dict[str, Any]) -> list[Encoded]:
+        """Tokenize the inputs into batchable items (default: one item per input, truncated)."""
+        return encoder.encode(inputs, options["truncate"])
+
+    def split(self, output: np.ndarray, features: Features) -> Sequence[np.ndarray]:
         """Turn a batch's raw runtime output into one row per item (runs in the worker thread)."""
         raise NotImplementedError
 
-    def finish(self, rows: np.ndarray, options: dict[str, Any]) -> list[Any]:
-        """Turn one request's rows into its JSON-ready results."""
+    def finish(
+        self, rows: list[np.ndarray], items: list[Encoded], inputs: list[TextInput], options: dict[str, Any]
+    ) -> list[Any]:
+        """Turn one request's rows (one per item, in order) into one JSON-ready result per input."""
         raise NotImplementedError

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from berthing.tasks.base import Task, option_int
-from berthing.tasks.tokenize import Features
-from berthing.types import InvalidInput
+from berthing.tasks.tokenize import Encoded, Features
+from berthing.types import InvalidInput, TextInput
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -41,9 +41,15 @@ class ClassifyTask(Task):
         logits = output.astype(np.float32, copy=False)
         return sigmoid(logits) if self.spec.multi_label else softmax(logits)
 
-    def finish(self, rows: np.ndarray, options: dict[str, Any]) -> list[Any]:
+    def finish(
+        self, rows: list[np.ndarray], items: list[Encoded], inputs: list[TextInput], options: dict[str, Any]
+    ) -> list[Any]:
+        return self.format(np.stack(rows), options["top_k"])
+
+    def format(self, probs: np.ndarray, top_k: int | None) -> list[Any]:
+        """Label dicts from a [n, labels] probability matrix (shared with tasks that classify too)."""
+        rows = probs
         labels = self.spec.labels
-        top_k = options["top_k"]
         order = np.argsort(-rows, axis=1, kind="stable")
         results: list[Any] = []
         for probs, idx in zip(rows.tolist(), order.tolist(), strict=True):

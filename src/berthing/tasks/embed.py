@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from berthing.tasks.base import Task, option_bool
-from berthing.tasks.tokenize import Features
+from berthing.tasks.tokenize import Encoded, Features
+from berthing.types import TextInput
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -46,6 +47,8 @@ class EmbedTask(Task):
     def split(self, output: np.ndarray, features: Features) -> np.ndarray:
         return np.ascontiguousarray(pool(output, features.attention_mask, self.spec.pooling), dtype=np.float32)
 
-    def finish(self, rows: np.ndarray, options: dict[str, Any]) -> list[Any]:
-        vectors = normalize(rows) if options["normalize"] else rows
-        return list(vectors)
+    def finish(
+        self, rows: list[np.ndarray], items: list[Encoded], inputs: list[TextInput], options: dict[str, Any]
+    ) -> list[Any]:
+        stacked = np.stack(rows)
+        return list(normalize(stacked) if options["normalize"] else stacked)

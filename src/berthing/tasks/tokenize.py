@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from berthing.types import PayloadTooLarge, TextInput, TextPair
 
 
 @dataclass(slots=True)
 class Encoded:
-    """One tokenized input, unpadded."""
+    """One tokenized item, unpadded: an input, or one window of a long input (`source` says which input).
+
+    `encoding` is the Rust Encoding itself, so tasks can read offsets, word ids and sequence ids
+    (NER spans, QA context tokens) without copying them for tasks that never look.
+    """
 
     ids: list[int]
     type_ids: list[int]
+    source: int = 0
+    encoding: Any = None
 
     @property
     def length(self) -> int:
@@ -36,6 +44,9 @@ class Encoder:
     """Tokenizes inputs truncated to the model's max length; padding happens per batch, not here."""
 
     def __init__(self, tokenizer_file: Path, max_length: int, uses_token_types: bool) -> None:
+        self.tokenizer_file = tokenizer_file
+        self._variants: dict[tuple[int, int, str], Tokenizer] = {}
+        self._variants_lock = threading.Lock()
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         padding = self.tokenizer.padding or {}
         self.tokenizer.no_padding()
@@ -58,7 +69,34 @@ class Encoder:
                     f"input[{i}] is longer than the model's max length of {self.max_length} tokens "
                     "and truncate is false"
                 )
-            out.append(Encoded(enc.ids, enc.type_ids))
+            out.append(Encoded(enc.ids, enc.type_ids, i, enc))
+        return out
+
+    def _variant(self, max_length: int, stride: int, strategy: str) -> Tokenizer:
+        """A tokenizer with its own truncation settings: settings are per object, so each config gets one."""
+        key = (max_length, stride, strategy)
+        with self._variants_lock:
+            tok = self._variants.get(key)
+            if tok is None:
+                tok = Tokenizer.from_file(str(self.tokenizer_file))
+                tok.no_padding()
+                tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)
+                self._variants[key] = tok
+            return tok
+
+    def windows(
+        self, inputs: list[TextInput], stride: int, strategy: str = "longest_first", max_length: int | None = None
+    ) -> list[Encoded]:
+        """Tokenize with overflow kept: an input longer than max_length becomes overlapping windows
+        (`stride` tokens shared between neighbours), each an item whose `source` is the input's index."""
+        tok = self._variant(max_length or self.max_length, stride, strategy)
+        batch: list[str | tuple[str, str]] = [
+            (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
+        ]
+        out: list[Encoded] = []
+        for i, enc in enumerate(tok.encode_batch(batch, add_special_tokens=True)):
+            parts: list[Encoding] = [enc, *enc.overflowing]
+            out.extend(Encoded(part.ids, part.type_ids, i, part) for part in parts)
         return out
 
     def collate(self, items: list[Encoded]) -> Features:
