@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from berthing.types import InvalidInput, PayloadTooLarge, TextInput, TextPair
+from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
+
+INPUT_KEYS = ("input", "inputs", "text")
+
+
+class InputForms(Protocol):
+    """What a task accepts: a bare value (raw text, JSON list or string) and a JSON object with options."""
+
+    def parse(self, value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[TextInput], bool]: ...
+
+    def parse_object(self, data: dict[str, Any], max_items: int | None) -> tuple[list[TextInput], bool, dict[str, Any]]: ...
 
 
 def json_type(value: Any) -> str:
@@ -60,3 +70,29 @@ def parse_inputs(value: Any, field: str = "input", max_items: int | None = None)
 def parse_pair(text: Any, text_pair: Any) -> TextPair:
     """The flat {"text": ..., "text_pair": ...} form: two strings, each named by its own field."""
     return TextPair(_text(text, "field 'text'"), _text(text_pair, "field 'text_pair'"))
+
+
+def _parse_flat_pair(data: dict[str, Any]) -> tuple[list[TextInput], bool]:
+    """The top-level {"text": ..., "text_pair": ...} form: one pair, options beside it."""
+    others = [k for k in INPUT_KEYS if k != "text" and k in data]
+    if others:
+        raise InvalidInput(f"field 'text_pair' goes with 'text', not with {others[0]!r}; send one form")
+    if "text" not in data:
+        raise BadRequest("missing field 'text' (sent 'text_pair' without it)")
+    return [parse_pair(data.pop("text"), data.pop("text_pair"))], True
+
+
+def parse_object(data: dict[str, Any], max_items: int | None) -> tuple[list[TextInput], bool, dict[str, Any]]:
+    """A JSON object: the input under 'input' (or 'inputs', 'text', or a flat text/text_pair); the rest are options."""
+    data = dict(data)
+    if "text_pair" in data:
+        inputs, single = _parse_flat_pair(data)
+        return inputs, single, data
+    present = [k for k in INPUT_KEYS if k in data]
+    if not present:
+        raise BadRequest("missing field 'input' (also accepted: 'inputs', 'text')")
+    if len(present) > 1:
+        raise InvalidInput(f"fields {', '.join(repr(k) for k in present)} given together; send one")
+    key = present[0]
+    inputs, single = parse_inputs(data.pop(key), key, max_items)
+    return inputs, single, data

@@ -14,7 +14,6 @@ import numpy as np
 
 from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
 from berthing.engine.batching import plan_batches
-from berthing.engine.inputs import parse_inputs
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.sources import ModelSource
 from berthing.runtime.base import Runtime
@@ -98,7 +97,7 @@ class Model:
 
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Synchronous in-process prediction on the same task, encoder and runtime; mirrors the input."""
-        items, single = parse_inputs(inputs)
+        items, single = self.task.parse(inputs)
         checked = self.task.check(items, options)
         encoded = self.task.encode(self.encoder, items, checked)
         rows: list[np.ndarray] = [np.empty(0)] * len(encoded)
@@ -139,10 +138,11 @@ def _make_runtime(kind: str, artifact: Path, folder: Path, spec: ModelSpec, thre
 
 def check_served(task: str, name: str) -> None:
     """Refuse a task this version cannot serve, naming the ones it can."""
-    from berthing.tasks.registry import TASK_CLASSES
+    from berthing.tasks.registry import TASK_CLASSES, task_class
 
-    if task not in TASK_CLASSES:
-        raise ModelLoadError(f"task {task!r} of {name} is not served yet (served tasks: {', '.join(TASK_CLASSES)})")
+    if task_class(task) is None:
+        served = [t for t in TASK_CLASSES if task_class(t) is not None]
+        raise ModelLoadError(f"task {task!r} of {name} is not served yet (served tasks: {', '.join(served)})")
 
 
 def load_model(

@@ -58,7 +58,7 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
             label = f"{model.name}:{model.version}"
             body = await read_body(request, settings.max_body_bytes)
             inputs, single, options = torchserve.parse_request(
-                body, request.headers.get("content-type", ""), settings.max_items
+                body, request.headers.get("content-type", ""), settings.max_items, model.task
             )
             results = await model.infer(inputs, options)
             response = Response(torchserve.encode_result(results, single), media_type=JSON)

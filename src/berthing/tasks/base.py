@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 
+from berthing.engine.inputs import parse_inputs, parse_object
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import InvalidInput, TextInput, TextPair
@@ -59,6 +60,16 @@ class Task:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+
+    def parse(self, value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[TextInput], bool]:
+        """A bare input value (raw text body, JSON list or string, a Python argument) -> (inputs, single)."""
+        return parse_inputs(value, field, max_items)
+
+    def parse_object(
+        self, data: dict[str, Any], max_items: int | None
+    ) -> tuple[list[TextInput], bool, dict[str, Any]]:
+        """A JSON object body -> (inputs, single, options); tasks with other input fields override this."""
+        return parse_object(data, max_items)
 
     def check(self, inputs: list[TextInput], options: dict[str, Any]) -> dict[str, Any]:
         """Validate inputs and options; return the options with defaults filled in."""

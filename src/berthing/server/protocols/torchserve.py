@@ -6,10 +6,9 @@ from typing import Any
 
 import orjson
 
-from berthing.engine.inputs import json_type, parse_inputs, parse_pair
-from berthing.types import BadRequest, InvalidInput, TextInput
+from berthing.engine.inputs import InputForms, json_type, parse_inputs, parse_object
+from berthing.types import BadRequest, TextInput
 
-INPUT_KEYS = ("input", "inputs", "text")
 _BOM = b"\xef\xbb\xbf"
 EMPTY_BODY = 'empty body: send JSON {"input": ...} or a UTF-8 text'
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -38,45 +37,37 @@ def _parse_json(body: bytes) -> Any:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
-def _parse_pair(data: dict[str, Any]) -> tuple[list[TextInput], bool]:
-    """The top-level {"text": ..., "text_pair": ...} form: one pair, options beside it."""
-    others = [k for k in INPUT_KEYS if k != "text" and k in data]
-    if others:
-        raise InvalidInput(f"field 'text_pair' goes with 'text', not with {others[0]!r}; send one form")
-    if "text" not in data:
-        raise BadRequest("missing field 'text' (sent 'text_pair' without it)")
-    return [parse_pair(data.pop("text"), data.pop("text_pair"))], True
+class _TextForms:
+    """The default input forms (texts and text pairs), for callers that have no model's task at hand."""
+
+    parse = staticmethod(parse_inputs)
+    parse_object = staticmethod(parse_object)
 
 
-def parse_request(body: bytes, content_type: str, max_items: int) -> tuple[list[TextInput], bool, dict[str, Any]]:
-    """Body -> (inputs, single, options). A raw body is one text; JSON may carry options beside the input."""
+def parse_request(
+    body: bytes, content_type: str, max_items: int, task: InputForms | None = None
+) -> tuple[list[TextInput], bool, dict[str, Any]]:
+    """Body -> (inputs, single, options). A raw body is one text; a JSON object carries options beside the input.
+
+    Which JSON fields hold the input is the task's to say (QA takes question/context, rerank query/texts).
+    """
+    forms: InputForms = task or _TextForms()
     body = body.removeprefix(_BOM)  # Windows tools prepend one; RFC 8259 lets a parser ignore it
     if not _is_json(content_type, body):
         text = _decode(body)
         if not text.strip():
             raise BadRequest(EMPTY_BODY)
-        inputs, single = parse_inputs(text, "body")
+        inputs, single = forms.parse(text, "body", max_items)
         return inputs, single, {}
     if not body.strip():
         raise BadRequest(EMPTY_BODY)
     data = _parse_json(body)
     if isinstance(data, list | str):
-        inputs, single = parse_inputs(data, "body", max_items)
+        inputs, single = forms.parse(data, "body", max_items)
         return inputs, single, {}
     if not isinstance(data, dict):
         raise BadRequest(f"JSON body must be an object, an array or a string, got {json_type(data)}")
-    if "text_pair" in data:
-        inputs, single = _parse_pair(data)
-        return inputs, single, data
-    present = [k for k in INPUT_KEYS if k in data]
-    if not present:
-        raise BadRequest("missing field 'input' (also accepted: 'inputs', 'text')")
-    if len(present) > 1:
-        raise InvalidInput(f"fields {', '.join(repr(k) for k in present)} given together; send one")
-    key = present[0]
-    value = data.pop(key)
-    inputs, single = parse_inputs(value, key, max_items)
-    return inputs, single, data
+    return forms.parse_object(data, max_items)
 
 
 def encode_result(results: list[Any], single: bool) -> bytes:
