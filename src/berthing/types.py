@@ -86,6 +86,18 @@ class TextPair:
     text_pair: str
 
 
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """A text already split into words (bert-serving's is_tokenized); each word is still cut into word pieces."""
+
+    words: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The words joined by spaces: the text HF's NER pipeline shows and slices for is_split_into_words input."""
+        return " ".join(self.words)
+
+
 TextInput = str | TextPair
 
 

@@ -113,11 +113,11 @@ CASES = [
     invalid("blank-item", "input[1] is empty or blank", json={"input": ["ok", "   "]}),
     invalid("blank-item-top-level-list", "body[1] is empty or blank", json=["ok", " "]),
     invalid(
-        "unknown-option", "unknown field 'temperature' for a classification model (fields: input, top_k, truncate)",
+        "unknown-option", "unknown field 'temperature' for a classification model (fields: input, is_tokenized, top_k, truncate)",
         json={"input": "ok", "temperature": 0.5},
     ),
     invalid(
-        "unknown-option-embed", "unknown field 'top_k' for an embedding model (fields: input, normalize, truncate)",
+        "unknown-option-embed", "unknown field 'top_k' for an embedding model (fields: input, is_tokenized, normalize, truncate)",
         json={"input": "ok", "top_k": 1}, path="/predictions/embedder",
     ),
     invalid(

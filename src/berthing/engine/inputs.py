@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
+from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair, Tokens
 
 INPUT_KEYS = ("input", "inputs", "text")
 
@@ -36,7 +36,20 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _item(value: Any, where: str) -> TextInput:
+def _words(value: Any, where: str) -> Tokens:
+    """One pre-split text: a non-empty list of non-blank word strings (a Tokens from Python)."""
+    if isinstance(value, Tokens):
+        value = value.words
+    if not isinstance(value, list | tuple):
+        raise InvalidInput(f"{where} must be a list of words, got {json_type(value)}")
+    if not value:
+        raise InvalidInput(f"{where} is an empty list of words")
+    return Tokens(tuple(_text(word, f"{where}[{j}]") for j, word in enumerate(value)))
+
+
+def _item(value: Any, where: str) -> TextInput | Tokens:
+    if isinstance(value, Tokens):
+        return _words(value, where)
     if isinstance(value, TextPair):
         return TextPair(_text(value.text, f"{where}.text"), _text(value.text_pair, f"{where}.text_pair"))
     if isinstance(value, dict):
@@ -59,12 +72,30 @@ def parse_inputs(value: Any, field: str = "input", max_items: int | None = None)
         if max_items is not None and len(value) > max_items:
             raise PayloadTooLarge(f"field '{field}' has {len(value)} items, over the limit of {max_items}")
         return [_item(v, f"{field}[{i}]") for i, v in enumerate(value)], False
-    if isinstance(value, (str, dict, TextPair)):
+    if isinstance(value, (str, dict, TextPair, Tokens)):
         return [_item(value, f"field '{field}'" if isinstance(value, str) else field)], True
     raise InvalidInput(
         f"field '{field}' must be a string, a {{'text', 'text_pair'}} object or a list of them, "
         f"got {json_type(value)}"
     )
+
+
+def parse_tokenized(value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[Tokens], bool]:
+    """is_tokenized input: a list of words (one text) or a list of such lists -> (Tokens items, single)."""
+    if isinstance(value, Tokens):
+        return [_words(value, field)], True
+    if not isinstance(value, list):
+        raise InvalidInput(
+            f"field '{field}' must be a list of words or a list of lists of words when is_tokenized is true, "
+            f"got {json_type(value)}"
+        )
+    if not value:
+        raise InvalidInput(f"field '{field}' is an empty list")
+    if not any(isinstance(v, list | Tokens) for v in value):
+        return [_words(value, field)], True  # one pre-split text, as tokenizer(words, is_split_into_words=True)
+    if max_items is not None and len(value) > max_items:
+        raise PayloadTooLarge(f"field '{field}' has {len(value)} items, over the limit of {max_items}")
+    return [_words(v, f"{field}[{i}]") for i, v in enumerate(value)], False
 
 
 def parse_pair(text: Any, text_pair: Any) -> TextPair:
@@ -94,5 +125,8 @@ def parse_object(data: dict[str, Any], max_items: int | None) -> tuple[list[Text
     if len(present) > 1:
         raise InvalidInput(f"fields {', '.join(repr(k) for k in present)} given together; send one")
     key = present[0]
+    if data.get("is_tokenized") is True:
+        inputs, single = parse_tokenized(data.pop(key), key, max_items)
+        return inputs, single, data
     inputs, single = parse_inputs(data.pop(key), key, max_items)
     return inputs, single, data

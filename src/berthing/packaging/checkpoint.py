@@ -20,10 +20,14 @@ _HEAD_TASKS = {
     "ForTokenClassification": "ner",
     "ForQuestionAnswering": "qa",
 }
-# Model types whose forward takes no token_type_ids.
+# Model types whose forward takes no token_type_ids, or whose tokenizers never produce any but zeros.
 _NO_TOKEN_TYPES = {"distilbert", "roberta", "xlm-roberta", "camembert", "mpnet", "bart"}
-# Model types whose position ids start after the padding index (usable length = table - 2).
-_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+# Model types whose position ids start after the padding index, as fairseq's did: position = padding_idx + 1 + i
+# with padding_idx 1, so the usable length is the table minus 2 (roberta-base: 514 -> 512). MPNet hard-codes it too.
+_PADDING_OFFSET_POSITIONS = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "roberta-prelayernorm", "data2vec-text",
+    "ibert", "longformer", "xmod",
+}
 
 
 @dataclass
@@ -129,6 +133,12 @@ def _max_length(folder: Path, config: dict[str, Any]) -> int:
     return min(candidates)
 
 
+def _uses_token_types(model_type: str, config: dict[str, Any]) -> bool:
+    """Feed token_type_ids only where they can differ from zeros: a one-row type table (RoBERTa-style) would
+    fail on the 1s a BERT-style tokenizer writes for a text pair's second segment; the model's own zeros are right."""
+    return model_type not in _NO_TOKEN_TYPES and int(config.get("type_vocab_size", 2)) > 1
+
+
 def _labels(config: dict[str, Any]) -> list[str]:
     id2label = config.get("id2label") or {}
     n = _num_labels(config)
@@ -149,7 +159,7 @@ def read_checkpoint(folder: Path, task: str | None = None) -> ModelSpec:
         task=chosen,
         model_type=model_type,
         max_length=_max_length(folder, config),
-        uses_token_types=model_type not in _NO_TOKEN_TYPES and int(config.get("type_vocab_size", 2)) > 0,
+        uses_token_types=_uses_token_types(model_type, config),
         hidden_size=int(config.get("hidden_size") or config.get("dim") or 0),
     )
     if chosen == "embed":

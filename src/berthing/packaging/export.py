@@ -17,7 +17,7 @@ from pathlib import Path
 from berthing.packaging.checkpoint import ModelSpec, read_checkpoint
 from berthing.types import ModelLoadError
 
-EXPORT_FORMAT = "1"  # bump when the exported graph's contract changes, so caches are rebuilt
+EXPORT_FORMAT = "2"  # bump when the exported graph's contract changes, so caches are rebuilt
 OPSET = 17
 _SKIP_SUFFIXES = (".md", ".onnx", ".h5", ".msgpack", ".ot")
 Progress = Callable[[str], None]
@@ -48,17 +48,61 @@ def is_artifact(path: Path) -> bool:
 
 
 def ensure_tokenizer_json(folder: Path, target: Path) -> None:
-    """Copy tokenizer.json, or build it from vocab files with transformers' fast tokenizer."""
+    """Copy tokenizer.json, or build it from vocab files with transformers' fast tokenizer; record the pad token."""
     if (folder / "tokenizer.json").is_file():
         shutil.copy2(folder / "tokenizer.json", target / "tokenizer.json")
-        return
-    try:
-        from transformers import AutoTokenizer
+    else:
+        try:
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        tok.backend_tokenizer.save(str(target / "tokenizer.json"))
-    except Exception as exc:
-        raise ModelLoadError(f"{folder} has no usable tokenizer (tokenizer.json or vocab files): {exc}") from exc
+            tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+            tok.backend_tokenizer.save(str(target / "tokenizer.json"))
+        except Exception as exc:
+            raise ModelLoadError(f"{folder} has no usable tokenizer (tokenizer.json or vocab files): {exc}") from exc
+    _record_padding(folder, target / "tokenizer.json")
+
+
+def _token_name(value: object) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _record_padding(folder: Path, path: Path) -> None:
+    """Write the checkpoint's pad token into tokenizer.json's padding section when it has none.
+
+    The serving Encoder reads the pad id from there; guessing by name picks the wrong one where a vocabulary
+    holds several (MPNet's has [PAD] = 4 beside its real <pad> = 1, which RoBERTa-style position ids rely on).
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    if tok.padding:
+        return
+    pad_id: int | None = None
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        data = _read_optional_json(folder / name)
+        token = _token_name(data.get("pad_token"))
+        if token is not None and (pad_id := tok.token_to_id(token)) is not None:
+            break
+    if pad_id is None:
+        configured = _read_optional_json(folder / "config.json").get("pad_token_id")
+        pad_id = configured if isinstance(configured, int) and 0 <= configured < tok.get_vocab_size() else None
+    if pad_id is None:
+        return  # the Encoder falls back to looking the usual names up
+    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "[PAD]")
+    tok.save(str(path))
+
+
+def _read_optional_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # What each task's graph returns: the encoder's hidden states, or the head's logits ([B, L], [B, T, L]);
@@ -125,11 +169,10 @@ def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
     wrapped = _wrapper(model, spec)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if spec.uses_token_types else [])
     output = OUTPUT_NAMES[spec.task]
-    ids = torch.tensor([[2, 5, 7, 9, 3], [2, 6, 8, 3, 0]], dtype=torch.long)
-    mask = (ids > 0).long()
-    args = (ids, mask) + ((torch.zeros_like(ids),) if spec.uses_token_types else ())
-    with torch.inference_mode():
-        expected = wrapped(*args).numpy()
+    vocab = int(getattr(model.config, "vocab_size", 0) or 10)
+    pad = getattr(model.config, "pad_token_id", None)
+    pad = pad if isinstance(pad, int) and 0 <= pad < vocab else 0
+    args = _sample_inputs(2, 5, vocab, pad, spec.uses_token_types)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"} if spec.task in ("classify", "rerank") else {0: "batch", 1: "sequence"}
     path = target / "model.onnx"
@@ -142,11 +185,30 @@ def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
-    valid = mask.numpy().astype(bool) if got.ndim == 3 else slice(None)
-    err = float(np.abs(got[valid] - expected[valid]).max())
-    if err > 1e-3:
-        raise ModelLoadError(f"ONNX export of {folder} disagrees with PyTorch (max abs error {err:.2e})")
+    # The traced shape and a different one: a size the tracer froze into the graph shows up in the second.
+    for batch in (args, _sample_inputs(3, 11, vocab, pad, spec.uses_token_types)):
+        with torch.inference_mode():
+            expected = wrapped(*batch).numpy()
+        try:
+            got = session.run(None, {n: a.numpy() for n, a in zip(names, batch, strict=True)})[0]
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"ONNX export of {folder} fails on a {tuple(batch[0].shape)} batch: {exc}") from exc
+        valid = batch[1].numpy().astype(bool) if got.ndim == 3 else slice(None)
+        err = float(np.abs(got[valid] - expected[valid]).max()) if got.shape == expected.shape else float("inf")
+        if err > 1e-3:
+            raise ModelLoadError(f"ONNX export of {folder} disagrees with PyTorch (max abs error {err:.2e})")
+
+
+def _sample_inputs(batch: int, length: int, vocab: int, pad: int, token_types: bool) -> tuple:
+    """Deterministic ids below the vocabulary size; each row after the first is shorter, padded with the pad id."""
+    import torch
+
+    ids = (torch.arange(batch * length).reshape(batch, length) * 7 + 5) % max(vocab - 5, 1) + 5
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, length - row :] = 0
+    ids = ids.masked_fill(mask == 0, pad)
+    return (ids, mask) + ((torch.zeros_like(ids),) if token_types else ())
 
 
 def export(folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> Path:

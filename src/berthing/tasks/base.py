@@ -11,9 +11,9 @@ import orjson
 from berthing.engine.inputs import parse_inputs, parse_object
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.tasks.tokenize import Encoded, Encoder, Features
-from berthing.types import InvalidInput, TextInput, TextPair
+from berthing.types import InvalidInput, TextInput, TextPair, Tokens
 
-COMMON_OPTIONS = {"truncate": True}
+COMMON_OPTIONS = {"truncate": True, "is_tokenized": False}
 
 
 def as_json(value: Any) -> str:
@@ -84,6 +84,10 @@ class Task:
                 if isinstance(item, TextPair):
                     raise InvalidInput(f"input[{i}]: {self.noun} takes texts, not text pairs")
         checked = {"truncate": option_bool(options, "truncate", True)}
+        if option_bool(options, "is_tokenized", False):  # JSON words are Tokens by now; Python callers wrap them
+            for i, item in enumerate(inputs):
+                if not isinstance(item, Tokens):
+                    raise InvalidInput(f"input[{i}] must be a list of words (berthing.types.Tokens) when is_tokenized is true")
         checked.update(self.check_options(options))
         return checked
 

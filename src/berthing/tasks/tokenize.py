@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from berthing.types import PayloadTooLarge, TextInput, TextPair
+from berthing.types import PayloadTooLarge, TextInput, TextPair, Tokens
 
 
 @dataclass(slots=True)
@@ -29,6 +29,37 @@ class Encoded:
     @property
     def length(self) -> int:
         return len(self.ids)
+
+
+def encode_mixed(tokenizer: Tokenizer, inputs: list[Any]) -> list[Encoding]:
+    """Texts and pairs in one Rust call, pre-split Tokens in another (is_pretokenized is per call), in input order.
+
+    A Tokens item is encoded as HF's tokenizer(words, is_split_into_words=True): each word normalized and
+    split into word pieces on its own, special tokens added; word_ids index the words, offsets are per word.
+    """
+    words = [i for i, x in enumerate(inputs) if isinstance(x, Tokens)]
+    texts = [i for i, x in enumerate(inputs) if not isinstance(x, Tokens)]
+    found: dict[int, Encoding] = {}
+    if words:
+        encoded = tokenizer.encode_batch([list(inputs[i].words) for i in words], is_pretokenized=True, add_special_tokens=True)
+        found.update(zip(words, encoded, strict=True))
+    if texts:
+        batch = [(inputs[i].text, inputs[i].text_pair) if isinstance(inputs[i], TextPair) else inputs[i] for i in texts]
+        found.update(zip(texts, tokenizer.encode_batch(batch, add_special_tokens=True), strict=True))
+    return [found[i] for i in range(len(inputs))]
+
+
+def joined_offsets(encoding: Encoding, words: tuple[str, ...] | list[str], delimiter: str = " ") -> list[tuple[int, int]]:
+    """A pre-split encoding's per-word offsets made absolute in delimiter.join(words), as HF's NER pipeline does."""
+    starts: list[int] = []
+    position = 0
+    for word in words:
+        starts.append(position)
+        position += len(word) + len(delimiter)
+    return [
+        (0, 0) if word is None else (starts[word] + start, starts[word] + end)
+        for word, (start, end) in zip(encoding.word_ids, encoding.offsets, strict=True)
+    ]
 
 
 @dataclass(slots=True)
@@ -57,11 +88,15 @@ class Encoder:
         self.pad_id = int(padding.get("pad_id", next(found, 0)))
 
     def encode(self, inputs: list[TextInput], truncate: bool = True) -> list[Encoded]:
-        """Tokenize a list of texts or pairs in one Rust call; with truncate=False, too-long input is a 413."""
-        batch: list[str | tuple[str, str]] = [
-            (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
-        ]
-        encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)
+        """Tokenize a list of texts or pairs in one Rust call (pre-split Tokens in a second one); with truncate=False,
+        too-long input is a 413."""
+        if any(isinstance(x, Tokens) for x in inputs):
+            encodings = encode_mixed(self.tokenizer, inputs)
+        else:
+            batch: list[str | tuple[str, str]] = [
+                (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
+            ]
+            encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)
         out: list[Encoded] = []
         for i, enc in enumerate(encodings):
             if not truncate and enc.overflowing:
@@ -90,11 +125,15 @@ class Encoder:
         """Tokenize with overflow kept: an input longer than max_length becomes overlapping windows
         (`stride` tokens shared between neighbours), each an item whose `source` is the input's index."""
         tok = self._variant(max_length or self.max_length, stride, strategy)
-        batch: list[str | tuple[str, str]] = [
-            (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
-        ]
+        if any(isinstance(x, Tokens) for x in inputs):
+            encodings = encode_mixed(tok, inputs)
+        else:
+            batch: list[str | tuple[str, str]] = [
+                (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
+            ]
+            encodings = tok.encode_batch(batch, add_special_tokens=True)
         out: list[Encoded] = []
-        for i, enc in enumerate(tok.encode_batch(batch, add_special_tokens=True)):
+        for i, enc in enumerate(encodings):
             parts: list[Encoding] = [enc, *enc.overflowing]
             out.extend(Encoded(part.ids, part.type_ids, i, part) for part in parts)
         return out
