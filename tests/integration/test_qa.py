@@ -240,3 +240,14 @@ def test_python_api_errors(qa: Model) -> None:
         qa.predict("Where does Alice live?")
     with pytest.raises(BadRequest, match=r"^missing field 'question'"):
         qa.task.parse_object({"context": C}, None)
+
+
+def test_too_many_windows_is_refused_before_tokenizing_them(server: str) -> None:
+    body = {"question": "what?", "context": "word " * 20000, "doc_stride": 120}  # a 3-token step: 6627 windows
+    response = httpx.post(server, json=body)
+    message = (
+        "the contexts need more than 2048 windows of 128 tokens (input[0] alone needs 6627); "
+        "send shorter contexts or a smaller doc_stride"
+    )
+    assert (response.status_code, response.json()) == (413, {"code": 413, "type": "PayloadTooLarge", "message": message})
+    assert httpx.post(server, json={"question": "what?", "context": "word " * 2000}).status_code == 200

@@ -20,7 +20,7 @@ from berthing.runtime.base import Runtime
 from berthing.runtime.threads import threads_per_worker
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
-from berthing.types import ModelLoadError, TextInput
+from berthing.types import ModelLoadError, PayloadTooLarge, TextInput
 
 # Requests with more items than this tokenize in a thread instead of on the event loop.
 _INLINE_TOKENIZE_ITEMS = 16
@@ -92,6 +92,11 @@ class Model:
             encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
         else:
             encoded = self.task.encode(self.encoder, inputs, checked)
+        if len(encoded) > self.limits.max_queue:
+            raise PayloadTooLarge(
+                f"the request makes {len(encoded)} model passes (inputs and the windows of long inputs), "
+                f"over the queue limit of {self.limits.max_queue}; send fewer or shorter inputs"
+            )
         rows = await asyncio.gather(*self.batcher.submit(encoded))
         return self.task.finish(list(rows), encoded, inputs, checked)
 

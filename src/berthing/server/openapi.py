@@ -27,7 +27,19 @@ _REQUEST = {
         "text_pair": {"type": "string"},
         "truncate": {"type": "boolean", "default": True, "description": "false: over-long texts are a 413"},
         "normalize": {"type": "boolean", "description": "Embeddings: L2-normalize (default: the model's)"},
-        "top_k": {"type": "integer", "minimum": 1, "description": "Classification: the k best labels"},
+        "top_k": {"type": "integer", "minimum": 1, "description": "Classification: the k best labels; QA: the k best answers"},
+        "is_tokenized": {"type": "boolean", "default": False, "description": "input holds lists of pre-split words"},
+        "aggregation_strategy": {"enum": ["none", "simple", "first", "average", "max"], "description": "NER"},
+        "ignore_labels": {"type": "array", "items": {"type": "string"}, "description": "NER, default [\"O\"]"},
+        "question": {"type": "string", "description": "QA, with context"},
+        "context": {"type": "string", "description": "QA, with question"},
+        "max_answer_len": {"type": "integer", "minimum": 1, "description": "QA, in tokens (default 15)"},
+        "handle_impossible_answer": {"type": "boolean", "description": "QA: the empty answer may win"},
+        "doc_stride": {"type": "integer", "minimum": 0, "description": "QA: tokens shared by neighbouring windows"},
+        "query": {"type": "string", "description": "Rerank, with texts"},
+        "texts": {"type": "array", "items": {"type": "string"}, "description": "Rerank: the candidates"},
+        "top_n": {"type": "integer", "minimum": 1, "description": "Rerank: keep the n best"},
+        "return_text": {"type": "boolean", "description": "Rerank: echo each text"},
     },
 }
 
@@ -51,7 +63,7 @@ def openapi(model_names: list[str]) -> dict[str, Any]:
             }
         },
         "responses": {
-            "200": {"description": "embeddings (float lists) or classification results"},
+            "200": {"description": "embeddings (float lists), labels, entities, answers or a ranking, by the model's task"},
             **_errors(400, 404, 413, 422, 500, 503),
         },
     }

@@ -20,6 +20,7 @@ from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
 
 MAX_SEQ_LEN = 384  # the pipeline's window length: min(model_max_length, 384)
+MAX_WINDOWS = 2048  # windows one request may make; each is a model pass
 MIN_NULL_SCORE = 1000000.0  # the pipeline's start value for the null answer's score ("large and positive")
 OBJECT = "{'question', 'context'}"
 
@@ -226,6 +227,7 @@ class QaTask(Task):
         q_lens = _token_counts(encoder, [p.text for p in pairs])
         c_lens = _token_counts(encoder, [p.text_pair for p in pairs])
         groups: dict[int, list[int]] = {}
+        total_windows = 0
         for i, (q, c) in enumerate(zip(q_lens, c_lens, strict=True)):
             room = max_len - q - specials
             if q + c + specials <= max_len:  # one window: the stride is never used
@@ -244,6 +246,12 @@ class QaTask(Task):
             chosen = stride
             if chosen is None:  # the pipeline fails where its default doesn't fit; half the room still overlaps
                 chosen = default_stride if default_stride < room else room // 2
+            total_windows += 1 + -(-(c - room) // (room - chosen))
+            if total_windows > MAX_WINDOWS:  # counted before tokenizing them: a tiny step would make millions
+                raise PayloadTooLarge(
+                    f"the contexts need more than {MAX_WINDOWS} windows of {max_len} tokens (input[{i}] alone "
+                    f"needs {1 + -(-(c - room) // (room - chosen))}); send shorter contexts or a smaller doc_stride"
+                )
             groups.setdefault(chosen, []).append(i)
         items: list[Encoded] = []
         for window_stride, members in groups.items():

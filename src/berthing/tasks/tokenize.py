@@ -12,6 +12,8 @@ from tokenizers import Encoding, Tokenizer
 
 from berthing.types import PayloadTooLarge, TextInput, TextPair, Tokens
 
+_MAX_VARIANTS = 16
+
 
 @dataclass(slots=True)
 class Encoded:
@@ -113,6 +115,8 @@ class Encoder:
         with self._variants_lock:
             tok = self._variants.get(key)
             if tok is None:
+                if len(self._variants) >= _MAX_VARIANTS:  # strides are client-chosen: keep the table bounded
+                    self._variants.pop(next(iter(self._variants)))
                 tok = Tokenizer.from_file(str(self.tokenizer_file))
                 tok.no_padding()
                 tok.enable_truncation(max_length=max_length, stride=stride, strategy=strategy)
