@@ -290,14 +290,17 @@ def test_queue_full_is_503_with_retry_after(load: Callable[..., Model], server_f
             shed = httpx.post(url, json={"input": "third"})
             assert_error(shed, 503, "ServiceUnavailable", "model 'gated' has 1 item queued (limit 1); retry later")
             assert shed.headers["retry-after"] == "1"
-            assert_error(httpx.post(url, json={"input": ["x", "y"]}), 503, "ServiceUnavailable",
-                         "model 'gated' has 1 item queued (limit 1); retry later")
+            # more items than the queue can ever hold: retrying cannot help, so 413 rather than 503
+            assert_error(httpx.post(url, json={"input": ["x", "y"]}), 413, "PayloadTooLarge",
+                         "the request makes 2 model passes (inputs and the windows of long inputs), "
+                         "over the queue limit of 1; send fewer or shorter inputs")
         finally:
             gate.release.set()
         assert running.result().status_code == 200
         assert queued.result().status_code == 200
         assert httpx.post(url, json={"input": "after the storm"}).status_code == 200
-        assert metric(server.url, "berthing_requests_total", model="gated:1.0", status="503") == 2.0
+        assert metric(server.url, "berthing_requests_total", model="gated:1.0", status="503") == 1.0
+        assert metric(server.url, "berthing_requests_total", model="gated:1.0", status="413") == 1.0
 
 
 def test_failing_batch_fails_only_its_request(load: Callable[..., Model], server_factory: Callable[..., ThreadServer]) -> None:
