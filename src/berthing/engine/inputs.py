@@ -28,7 +28,8 @@ def json_type(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _text(value: Any, where: str) -> str:
+def text_value(value: Any, where: str) -> str:
+    """A non-blank string, or a 422 naming where it was (every task's text fields go through here)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{where} must be a string, got {json_type(value)}")
     if not value.strip():
@@ -44,14 +45,14 @@ def _words(value: Any, where: str) -> Tokens:
         raise InvalidInput(f"{where} must be a list of words, got {json_type(value)}")
     if not value:
         raise InvalidInput(f"{where} is an empty list of words")
-    return Tokens(tuple(_text(word, f"{where}[{j}]") for j, word in enumerate(value)))
+    return Tokens(tuple(text_value(word, f"{where}[{j}]") for j, word in enumerate(value)))
 
 
 def _item(value: Any, where: str) -> TextInput | Tokens:
     if isinstance(value, Tokens):
         return _words(value, where)
     if isinstance(value, TextPair):
-        return TextPair(_text(value.text, f"{where}.text"), _text(value.text_pair, f"{where}.text_pair"))
+        return TextPair(text_value(value.text, f"{where}.text"), text_value(value.text_pair, f"{where}.text_pair"))
     if isinstance(value, dict):
         extra = set(value) - {"text", "text_pair"}
         if extra:
@@ -59,9 +60,9 @@ def _item(value: Any, where: str) -> TextInput | Tokens:
         if "text" not in value:
             raise InvalidInput(f"{where}.text is missing")
         if "text_pair" not in value:
-            return _text(value["text"], f"{where}.text")
-        return TextPair(_text(value["text"], f"{where}.text"), _text(value["text_pair"], f"{where}.text_pair"))
-    return _text(value, where)
+            return text_value(value["text"], f"{where}.text")
+        return TextPair(text_value(value["text"], f"{where}.text"), text_value(value["text_pair"], f"{where}.text_pair"))
+    return text_value(value, where)
 
 
 def parse_inputs(value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[TextInput], bool]:
@@ -100,7 +101,7 @@ def parse_tokenized(value: Any, field: str = "input", max_items: int | None = No
 
 def parse_pair(text: Any, text_pair: Any) -> TextPair:
     """The flat {"text": ..., "text_pair": ...} form: two strings, each named by its own field."""
-    return TextPair(_text(text, "field 'text'"), _text(text_pair, "field 'text_pair'"))
+    return TextPair(text_value(text, "field 'text'"), text_value(text_pair, "field 'text_pair'"))
 
 
 def _parse_flat_pair(data: dict[str, Any]) -> tuple[list[TextInput], bool]:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from berthing.engine.inputs import json_type
+from berthing.engine.inputs import json_type, text_value
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.tasks.base import Task, option_bool, option_int
 from berthing.tasks.tokenize import Encoded, Encoder, Features
@@ -25,19 +25,11 @@ MIN_NULL_SCORE = 1000000.0  # the pipeline's start value for the null answer's s
 OBJECT = "{'question', 'context'}"
 
 
-def _text(value: Any, where: str) -> str:
-    """A non-blank string, or a 422 naming where it was."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where} must be a string, got {json_type(value)}")
-    if not value.strip():
-        raise InvalidInput(f"{where} is empty or blank")
-    return value
-
 
 def _item(value: Any, where: str) -> TextPair:
     """One {question, context} object (or a TextPair from Python) -> TextPair(question, context)."""
     if isinstance(value, TextPair):
-        return TextPair(_text(value.text, f"{where}.question"), _text(value.text_pair, f"{where}.context"))
+        return TextPair(text_value(value.text, f"{where}.question"), text_value(value.text_pair, f"{where}.context"))
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} must be a {OBJECT} object, got {json_type(value)}")
     extra = sorted(set(value) - {"question", "context"})
@@ -46,7 +38,7 @@ def _item(value: Any, where: str) -> TextPair:
     for key in ("question", "context"):
         if key not in value:
             raise InvalidInput(f"{where}.{key} is missing")
-    return TextPair(_text(value["question"], f"{where}.question"), _text(value["context"], f"{where}.context"))
+    return TextPair(text_value(value["question"], f"{where}.question"), text_value(value["context"], f"{where}.context"))
 
 
 def decode_spans(
@@ -177,7 +169,8 @@ class QaTask(Task):
             for key, other in (("question", "context"), ("context", "question")):
                 if key not in data:
                     raise BadRequest(f"missing field '{key}' (sent '{other}' without it)")
-            pair = TextPair(_text(data.pop("question"), "field 'question'"), _text(data.pop("context"), "field 'context'"))
+            question = text_value(data.pop("question"), "field 'question'")
+            pair = TextPair(question, text_value(data.pop("context"), "field 'context'"))
             return [pair], True, data
         if not wrapped:
             raise BadRequest(f"missing fields 'question' and 'context' (or 'input': a list of {OBJECT} objects)")

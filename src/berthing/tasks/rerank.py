@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from berthing.engine.inputs import json_type
+from berthing.engine.inputs import json_type, text_value
 from berthing.tasks.base import Task, option_bool, option_int
 from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
@@ -35,24 +35,17 @@ def logistic(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))
 
 
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{where} must be a string, got {json_type(value)}")
-    if not value.strip():
-        raise InvalidInput(f"{where} is empty or blank")
-    return value
-
 
 def _ranking(query: Any, texts: Any, group: int, prefix: str) -> list[Candidate]:
     """One query and its texts -> candidates; `prefix` is '' at the top level, 'input[0].' inside a list."""
     name = (lambda key: f"{prefix}{key}") if prefix else (lambda key: f"field '{key}'")
-    q = _string(query, name("query"))
+    q = text_value(query, name("query"))
     if not isinstance(texts, list):
         raise InvalidInput(f"{name('texts')} must be a list of strings, got {json_type(texts)}")
     if not texts:
         raise InvalidInput(f"{name('texts')} is an empty list")
     return [
-        Candidate(q, _string(text, f"{prefix}texts[{i}]"), group, i, f"{prefix}texts[{i}]") for i, text in enumerate(texts)
+        Candidate(q, text_value(text, f"{prefix}texts[{i}]"), group, i, f"{prefix}texts[{i}]") for i, text in enumerate(texts)
     ]
 
 
