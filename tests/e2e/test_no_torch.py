@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from berthing.config import Settings
 
@@ -20,12 +23,13 @@ CHILD = textwrap.dedent(
     from tests.support.servers import ThreadServer
 
     model = berthing.load(sys.argv[1], cache_dir=sys.argv[2])
-    assert len(model.predict(["in process"])) == 1
+    assert model.predict(json.loads(sys.argv[3])) is not None
+    payload = json.loads(sys.argv[4])
     registry = Registry()
     registry.add(model)
     with ThreadServer(registry, Settings(cache_dir=sys.argv[2])) as server:
         request = urllib.request.Request(
-            f"{server.url}/predictions/{model.name}", data=json.dumps({"input": "over http"}).encode(),
+            f"{server.url}/predictions/{model.name}", data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json"},
         )
         body = json.loads(urllib.request.urlopen(request, timeout=60).read())
@@ -35,12 +39,25 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_serving_a_cached_artifact_never_imports_torch(load, settings: Settings, tiny_model_dir) -> None:
-    load("classify")  # makes sure the artifact is in the cache
+PAYLOADS = {
+    "classify": ({"input": "over http"}, "dict"),
+    "embed": ({"input": ["over", "http"]}, "list"),
+    "ner": ({"input": "Sarah lives in London"}, "list"),
+    "qa": ({"question": "Who lives there?", "context": "Sarah lives in London"}, "dict"),
+    "rerank": ({"query": "where", "texts": ["London", "a cake"]}, "list"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_serving_a_cached_artifact_never_imports_torch(kind: str, load, settings: Settings, tiny_model_dir) -> None:
+    load(kind)  # makes sure the artifact is in the cache
+    payload, answer_type = PAYLOADS[kind]
+    python_input = payload if kind in ("qa", "rerank") else payload["input"]
     repo = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tiny_model_dir("classify")), str(settings.cache_dir)],
+        [sys.executable, "-c", CHILD, str(tiny_model_dir(kind)), str(settings.cache_dir),
+         json.dumps(python_input), json.dumps(payload)],
         capture_output=True, text=True, cwd=repo, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == '{"loaded": [], "answer": "dict"}'
+    assert result.stdout.strip().splitlines()[-1] == json.dumps({"loaded": [], "answer": answer_type})
