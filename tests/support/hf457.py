@@ -97,8 +97,17 @@ def question_answering(model_dir: Path, cases: list[dict[str, Any]]) -> dict[str
     A case is {"inputs": [{"question", "context"}, ...], "options": {...pipeline keywords}}; the answer is
     {"versions": {...}, "results": [per case: [per input: the pipeline's answer, a list when top_k > 1]]}.
     """
+    answer = question_answering_many({"model": model_dir}, cases)
+    return {"versions": answer["versions"], "results": answer["results"]["model"]}
+
+
+def question_answering_many(model_dirs: dict[str, Path], cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same cases on several models in one child process (transformers is imported once, not per model).
+
+    The answer is {"versions": {...}, "results": {name: [per case: [per input: the pipeline's answer]]}}.
+    """
     folder = ensure()
-    request = json.dumps({"model": str(model_dir), "cases": cases})
+    request = json.dumps({"models": {name: str(path) for name, path in model_dirs.items()}, "cases": cases})
     done = subprocess.run(
         [sys.executable, "-m", "tests.support.hf457"], input=request, capture_output=True, text=True,
         cwd=REPO, env=env(folder), timeout=RUN_TIMEOUT_S,
@@ -119,17 +128,20 @@ def _main() -> None:
         raise SystemExit(f"expected transformers 4.57.x on PYTHONPATH, got {transformers.__version__}")
     torch.set_num_threads(1)
     request = json.load(sys.stdin)
-    qa = pipeline("question-answering", model=request["model"], tokenizer=request["model"], device="cpu")
-    results = []
-    for case in request["cases"]:
-        options = case.get("options", {})
-        answers = []
-        for item in case["inputs"]:
-            answer = qa(question=item["question"], context=item["context"], **options)
-            if options.get("top_k", 1) > 1 and isinstance(answer, dict):
-                answer = [answer]  # the pipeline unwraps a list of one answer
-            answers.append(answer)
-        results.append(answers)
+    results: dict[str, list[Any]] = {}
+    for name, model in request["models"].items():
+        qa = pipeline("question-answering", model=model, tokenizer=model, device="cpu")
+        per_case = []
+        for case in request["cases"]:
+            options = case.get("options", {})
+            answers = []
+            for item in case["inputs"]:
+                answer = qa(question=item["question"], context=item["context"], **options)
+                if options.get("top_k", 1) > 1 and isinstance(answer, dict):
+                    answer = [answer]  # the pipeline unwraps a list of one answer
+                answers.append(answer)
+            per_case.append(answers)
+        results[name] = per_case
     versions = {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__, "torch": torch.__version__}
     json.dump({"versions": versions, "results": results}, sys.stdout)
 

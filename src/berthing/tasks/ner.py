@@ -7,6 +7,7 @@ to BIOES/BILOU tags, with `word` taken from the original text so `text[start:end
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -71,11 +72,16 @@ class WordRule:
 
     @classmethod
     def of(cls, encoder: Encoder) -> WordRule:
+        """Unigram (XLM-R, sentencepiece) keeps its unk as `unk_id` in tokenizer.json only, not on the Python model:
+        without it an unknown piece would not get the pipeline's word = text and is_subword = False."""
         model = encoder.tokenizer.model
         unk = getattr(model, "unk_token", None)
         unk_id = encoder.tokenizer.token_to_id(unk) if isinstance(unk, str) else None
-        if unk_id is None and isinstance(getattr(model, "unk_id", None), int):
-            unk_id = model.unk_id
+        if unk_id is None:
+            found = json.loads(encoder.tokenizer.to_str()).get("model", {}).get("unk_id")
+            unk_id = found if isinstance(found, int) else None
+        if unk_id is None:  # byte-level BPE has no unk in its model; the checkpoint's unk token still has an id
+            unk_id = next((i for t in ("<unk>", "[UNK]") if (i := encoder.tokenizer.token_to_id(t)) is not None), None)
         return cls(bool(getattr(model, "continuing_subword_prefix", None)), unk_id)
 
 
