@@ -28,6 +28,7 @@ from berthing.types import TextPair
 from tests.support import hf457
 from tests.support.http import clone
 from tests.support.models import ARCHS
+from tests.support.ner import assert_same_entities
 from tests.support.servers import ThreadServer
 from tests.support.texts import mixed_sentences
 
@@ -87,23 +88,6 @@ def ner_pipe(tiny_model_dir: Callable[[str], Path]) -> Callable[[str], Any]:
 
     return _pipe
 
-
-def assert_same_entities(reference: list[list[dict]], got: list[list[dict]], texts: list[str], strategy: str) -> float:
-    """Entity by entity: label, start and end exact, score within 1e-4; tokens (`none`) keep the pipeline's word and
-    index, groups take their word from the text. Returns the largest score gap."""
-    key = "entity" if strategy == "none" else "entity_group"
-    worst = 0.0
-    assert len(got) == len(reference) == len(texts)
-    for text, ref, res in zip(texts, reference, got, strict=True):
-        assert [(r[key], r["start"], r["end"]) for r in ref] == [(g[key], g["start"], g["end"]) for g in res], text
-        for r, g in zip(ref, res, strict=True):
-            worst = max(worst, abs(float(r["score"]) - g["score"]))
-            if strategy == "none":
-                assert (g["word"], g["index"]) == (r["word"], r["index"]), text
-            else:
-                assert g["word"] == text[g["start"] : g["end"]], text
-    assert worst < TOLERANCE, worst
-    return worst
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -15,6 +15,7 @@ from berthing.engine.model import Model
 from berthing.tasks.base import COMMON_OPTIONS
 from berthing.tasks.ner import NerTask, group_labels
 from berthing.types import InvalidInput
+from tests.support.ner import assert_same_entities
 from tests.support.servers import ThreadServer
 from tests.support.texts import mixed_sentences
 
@@ -40,24 +41,6 @@ def _short_texts(model: Model) -> list[str]:
     return HANDWRITTEN + fits[:25]
 
 
-def _assert_same(reference: list[list[dict]], got: list[list[dict]], texts: list[str], strategy: str) -> float:
-    """Entity by entity: labels, start and end exact, scores within 1e-4; returns the largest score gap."""
-    key = "entity" if strategy == "none" else "entity_group"
-    worst = 0.0
-    assert len(got) == len(reference) == len(texts)
-    for text, ref, res in zip(texts, reference, got, strict=True):
-        assert [(r[key], r["start"], r["end"]) for r in ref] == [(g[key], g["start"], g["end"]) for g in res], text
-        for r, g in zip(ref, res, strict=True):
-            worst = max(worst, abs(float(r["score"]) - g["score"]))
-            if strategy == "none":  # raw tokens: the pipeline's word (the token) and index
-                assert (g["word"], g["index"]) == (r["word"], r["index"])
-                assert list(g) == ["entity", "score", "index", "word", "start", "end"]
-            else:  # groups: the original text, not the decoded (lowercased) tokens
-                assert g["word"] == text[g["start"] : g["end"]]
-                assert list(g) == ["entity_group", "score", "word", "start", "end"]
-    assert worst < 1e-4, worst
-    return worst
-
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_matches_transformers_pipeline(
@@ -73,12 +56,12 @@ def test_matches_transformers_pipeline(
     assert sum(len(r) for r in reference) >= 100  # random weights still tag plenty of tokens
     assert sum(1 for r in reference if r) >= len(texts) - 2
     in_process = model.predict(texts, aggregation_strategy=strategy)
-    _assert_same(reference, in_process, texts, strategy)
+    assert_same_entities(reference, in_process, texts, strategy)
     with server_factory({"ner": model}) as server:
         url = f"{server.url}/predictions/ner"
         over_http = _post(url, {"input": texts, "aggregation_strategy": strategy})
         one = _post(url, {"input": texts[0], "aggregation_strategy": strategy})
-    _assert_same(reference, over_http, texts, strategy)
+    assert_same_entities(reference, over_http, texts, strategy)
     assert one == over_http[0]
 
 
@@ -91,7 +74,7 @@ def test_ignore_labels_matches_pipeline(tiny_model_dir: Callable[[str], Any], lo
     for strategy, ignore in [("none", []), ("simple", []), ("average", ["O", "PER"]), ("none", ["O", "B-LOC", "I-LOC"])]:
         reference = pipe(texts, aggregation_strategy=strategy, ignore_labels=ignore)
         got = model.predict(texts, aggregation_strategy=strategy, ignore_labels=ignore)
-        _assert_same(reference, got, texts, strategy)
+        assert_same_entities(reference, got, texts, strategy)
     everything = model.predict(texts[0], aggregation_strategy="none", ignore_labels=[])
     assert [e["index"] for e in everything] == list(range(1, len(model.encoder.encode([texts[0]])[0].ids) - 1))
 
@@ -299,4 +282,4 @@ def test_pre_split_words_match_pipeline(tiny_model_dir: Callable[[str], Any], lo
         reference = pipe(words, is_split_into_words=True, aggregation_strategy=strategy)
         assert all(reference)
         got = model.predict([berthing.types.Tokens(tuple(w)) for w in words], aggregation_strategy=strategy, is_tokenized=True)
-        _assert_same(reference, got, [" ".join(w) for w in words], strategy)
+        assert_same_entities(reference, got, [" ".join(w) for w in words], strategy)

@@ -65,13 +65,18 @@ def _item(value: Any, where: str) -> TextInput | Tokens:
     return text_value(value, where)
 
 
+def check_list(value: list[Any], field: str, max_items: int | None) -> None:
+    """A list input must be non-empty (422) and within the item limit (413)."""
+    if not value:
+        raise InvalidInput(f"field '{field}' is an empty list")
+    if max_items is not None and len(value) > max_items:
+        raise PayloadTooLarge(f"field '{field}' has {len(value)} items, over the limit of {max_items}")
+
+
 def parse_inputs(value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[TextInput], bool]:
     """A text, a pair or a list of them -> (items, single); `single` makes the answer mirror the input."""
     if isinstance(value, list):
-        if not value:
-            raise InvalidInput(f"field '{field}' is an empty list")
-        if max_items is not None and len(value) > max_items:
-            raise PayloadTooLarge(f"field '{field}' has {len(value)} items, over the limit of {max_items}")
+        check_list(value, field, max_items)
         return [_item(v, f"{field}[{i}]") for i, v in enumerate(value)], False
     if isinstance(value, (str, dict, TextPair, Tokens)):
         return [_item(value, f"field '{field}'" if isinstance(value, str) else field)], True

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from berthing.engine.inputs import json_type, text_value
+from berthing.engine.inputs import check_list, json_type, text_value
 from berthing.packaging.checkpoint import ModelSpec
 from berthing.tasks.base import Task, option_bool, option_int
 from berthing.tasks.tokenize import Encoded, Encoder, Features
@@ -147,10 +147,7 @@ class QaTask(Task):
     def parse(self, value: Any, field: str = "input", max_items: int | None = None) -> tuple[list[TextInput], bool]:
         """A {question, context} object (one answer) or a list of them (a list of answers)."""
         if isinstance(value, list):
-            if not value:
-                raise InvalidInput(f"field '{field}' is an empty list")
-            if max_items is not None and len(value) > max_items:
-                raise PayloadTooLarge(f"field '{field}' has {len(value)} items, over the limit of {max_items}")
+            check_list(value, field, max_items)
             return [_item(v, f"{field}[{i}]") for i, v in enumerate(value)], False
         if isinstance(value, dict | TextPair):
             return [_item(value, field)], True
