@@ -21,7 +21,8 @@ def load(
 ) -> Model:
     """Load a model for in-process use: `berthing.load("./ckpt").predict(["a", "b"])`.
 
-    `source` is a checkpoint folder, an exported artifact, a hub id, or None for the default model.
+    `source` is a checkpoint folder, an exported artifact, a package (.berth or its folder), a hub id, or None
+    for the default model.
     Other keywords are Settings fields (cache_dir, threads, max_batch_tokens, ...).
     """
     from berthing.config import Settings
@@ -30,7 +31,7 @@ def load(
 
     config = Settings(task=task, runtime=runtime, **settings)
     spec = str(source) if source is not None else None
-    resolved = resolve(f"{name}={spec or ''}" if name else spec)
+    resolved = resolve(f"{name}={spec or ''}" if name else spec, config.cache_dir)
     return load_model(resolved, config.load_options())
 
 

@@ -1,4 +1,4 @@
-"""The `berthing` command line: serve (more commands arrive with their issues)."""
+"""The `berthing` command line: serve, pack, inspect (more commands arrive with their issues)."""
 
 from __future__ import annotations
 
@@ -59,16 +59,31 @@ def serve(
     max_items: Annotated[int | None, typer.Option(help=_help("max_items"))] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help=_help("max_body_bytes"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
+    allow_pickle: Annotated[bool | None, typer.Option("--allow-pickle", help=_help("allow_pickle"))] = None,
+    model_store: Annotated[Path | None, typer.Option(help=_help("model_store"))] = None,
+    management_host: Annotated[str | None, typer.Option(help=_help("management_host"))] = None,
+    management_port: Annotated[int | None, typer.Option(help=_help("management_port"))] = None,
+    management_token: Annotated[str | None, typer.Option(help=_help("management_token"))] = None,
+    management_token_file: Annotated[Path | None, typer.Option(help=_help("management_token_file"))] = None,
+    management_auth: Annotated[
+        bool | None, typer.Option("--management-auth/--no-management-auth", help=_help("management_auth"))
+    ] = None,
+    inference_token: Annotated[str | None, typer.Option(help=_help("inference_token"))] = None,
+    allowed_sources: Annotated[list[str] | None, typer.Option(help=_help("allowed_sources"))] = None,
+    default_workers: Annotated[int | None, typer.Option(help=_help("default_workers"))] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (env BERTHING_CONFIG_FILE)")] = None,
 ) -> None:
-    """Serve models over HTTP (TorchServe-compatible inference API, /metrics, /openapi.json)."""
+    """Serve models over HTTP (TorchServe-compatible inference API, /metrics, /openapi.json; management API)."""
     from berthing.server.runner import serve as run_server
 
     settings = _settings(
         models=models, host=host, port=port, task=task, runtime=runtime, workers=workers, threads=threads,
         cache_dir=cache_dir, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, max_body_bytes=max_body_bytes,
-        log_level=log_level, config_file=config,
+        log_level=log_level, config_file=config, allow_pickle=allow_pickle, model_store=model_store,
+        management_host=management_host, management_port=management_port, management_token=management_token,
+        management_token_file=management_token_file, management_auth=management_auth, inference_token=inference_token,
+        allowed_sources=allowed_sources, default_workers=default_workers,
     )
     try:
         run_server(settings, console)
@@ -76,8 +91,97 @@ def serve(
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from None
     except OSError as exc:
-        console.print(f"[red]error:[/] cannot listen on {settings.host}:{settings.port}: {exc}")
+        console.print(
+            f"[red]error:[/] cannot listen on {settings.host}:{settings.port} "
+            f"(management {settings.management_host}:{settings.management_port}): {exc}"
+        )
         raise typer.Exit(1) from None
+
+
+@app.command()
+def pack(
+    checkpoint: Annotated[Path | None, typer.Argument(help="HF checkpoint folder (omit with --from-mar).")] = None,
+    name: Annotated[str | None, typer.Option(help="Package name (default: the .mar's model name).")] = None,
+    version: Annotated[str | None, typer.Option(help="Package version (default: the .mar's, else 1.0).")] = None,
+    task: Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels replacing id2label (classify, ner).")] = None,
+    handler: Annotated[Path | None, typer.Option(help="A handler .py to carry in the package (not run yet).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the package into.")] = Path("."),
+    no_archive: Annotated[bool, typer.Option("--no-archive", help="Write a folder NAME-VERSION/ instead of a .berth.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Accept pytorch_model.bin (loaded with torch's weights-only loader).")
+    ] = False,
+    from_mar: Annotated[Path | None, typer.Option("--from-mar", help="Pack a TorchServe .mar instead of a folder.")] = None,
+) -> None:
+    """Export a checkpoint once and write NAME-VERSION.berth: ONNX, tokenizer, spec, checksums; serving needs no torch."""
+    import tempfile
+
+    from berthing.packaging.package import pack as build
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="berthing-pack-") as work:
+            label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+            source: dict[str, Any] | None = None
+            origin = "--labels"
+            if from_mar is not None:
+                from berthing.packaging.mar import open_mar
+
+                if checkpoint is not None:
+                    raise BerthingError("give either a CHECKPOINT folder or --from-mar, not both")
+                mar = open_mar(from_mar, Path(work))
+                checkpoint, name, version = mar.folder, name or mar.name, version or mar.version
+                task = task or mar.task
+                if label_list is None and mar.labels and task in ("classify", "ner", None):
+                    label_list, origin = mar.labels, "index_to_name.json"
+                source = {"mar": from_mar.name, "torchserve_handler": mar.handler}
+            if checkpoint is None or not name:
+                raise BerthingError("pack needs a CHECKPOINT folder (or --from-mar FILE) and --name")
+            if not checkpoint.is_dir():
+                raise BerthingError(f"{checkpoint} is not a checkpoint folder")
+            with console.status(f"packing {name}-{version or '1.0'}: exporting to ONNX and checking it against PyTorch"):
+                path, manifest = build(
+                    checkpoint, output, name, version or "1.0", archive=not no_archive, task=task, labels=label_list,
+                    labels_origin=origin, handler=handler, allow_pickle=allow_pickle, source=source,
+                )
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    error = manifest["verification"]["max_abs_error"]
+    console.print(f"[green]✓[/] {path} ({manifest['task']}, ONNX max abs error vs PyTorch {error:.1e})")
+    typer.echo(str(path))
+
+
+@app.command()
+def inspect(
+    package: Annotated[Path, typer.Argument(help="A .berth archive or a package folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show a package's manifest: what it serves, how it was verified, and every file's checksum."""
+    import json
+
+    from rich.table import Table
+
+    from berthing.packaging.package import read_manifest
+
+    try:
+        manifest = read_manifest(package)
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+        return
+    out = Console(soft_wrap=True)
+    table = Table(title=f"{manifest['name']}-{manifest['version']}", show_header=False)
+    for key, value in manifest.items():
+        if key != "files":
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    out.print(table)
+    files = Table("file", "bytes")
+    files.add_column("sha256", overflow="fold")
+    for rel, entry in manifest["files"].items():
+        files.add_row(rel, str(entry.get("size", "")), entry["sha256"])
+    out.print(files)
 
 
 @app.command()

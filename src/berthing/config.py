@@ -49,10 +49,26 @@ class Settings(BaseSettings):
     max_queue: int = Field(2048, ge=1, description="Items queued per model before answering 503.")
     max_items: int = Field(1024, ge=1, description="Items per request before answering 413.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body size before answering 413.")
+    management_host: str = Field("127.0.0.1", description="Address the management API binds (loopback unless a token is set).")
+    management_port: int = Field(8081, ge=0, le=65535, description="Port of the management API (0 picks a free one).")
+    model_store: Path | None = Field(None, description="Folder the management API may register models from.")
+    management_token: str | None = Field(None, description="Bearer token of the management API; default: a random one.")
+    management_token_file: Path | None = Field(
+        None, description="Where the token is written (mode 0600); default: <model_store or cache_dir>/key_file.json."
+    )
+    management_auth: bool = Field(True, description="Require the token on management routes (off only on loopback).")
+    inference_token: str | None = Field(None, description="Bearer token for inference routes (default: none).")
+    allowed_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="URL or path prefixes the management API may register from besides the store."
+    )
+    default_workers: int = Field(1, ge=1, le=64, description="Workers of a model registered without initial_workers.")
+    allow_pickle: bool = Field(
+        False, description="Load pickle checkpoints (pytorch_model.bin), only through torch's weights-only loader."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     config_file: Path | None = Field(None, description="TOML file with any of these settings.")
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "allowed_sources", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -91,4 +107,5 @@ class Settings(BaseSettings):
             threads=self.threads,
             cache_dir=self.cache_dir,
             limits=self.batch_limits(),
+            allow_pickle=self.allow_pickle,
         )

@@ -53,7 +53,7 @@ def cli_server(
     args: list[str], env: dict[str, str] | None = None, timeout: float = 120
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run `berthing serve ARGS --port 0` as a process; yield (process, base URL); stop it with SIGTERM."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "BERTHING_MANAGEMENT_PORT": "0", **(env or {})}  # never the fixed 8081 in tests
     proc = subprocess.Popen(
         [sys.executable, "-m", "berthing.cli", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
@@ -72,6 +72,7 @@ def cli_server(
             url = found.group(1)
         if url and "startup complete" in line:
             break
+    proc.startup_output = "".join(lines)  # type: ignore[attr-defined]  # e.g. the management API's address
     if url is None:
         proc.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines))

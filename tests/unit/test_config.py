@@ -28,3 +28,12 @@ def test_unknown_keys_and_missing_file_are_errors(monkeypatch: pytest.MonkeyPatc
         Settings(config_file=toml)
     with pytest.raises(FileNotFoundError):
         Settings(config_file=tmp_path / "none.toml")
+
+
+def test_management_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    defaults = Settings()
+    assert (defaults.management_host, defaults.management_port, defaults.model_store) == ("127.0.0.1", 8081, None)
+    assert (defaults.management_auth, defaults.inference_token, defaults.allowed_sources) == (True, None, [])
+    monkeypatch.setenv("BERTHING_ALLOWED_SOURCES", "/srv/models/, org/")
+    monkeypatch.setenv("BERTHING_MODEL_STORE", str(tmp_path))
+    assert (Settings().allowed_sources, Settings().model_store) == (["/srv/models/", "org/"], tmp_path)

@@ -64,6 +64,8 @@ class Batcher:
         self._idle: asyncio.Event | None = None
         self._busy = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers: dict[RunBatch, asyncio.Task[None]] = {}
+        self._retiring: set[RunBatch] = set()
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -82,8 +84,41 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(len(self._runners), thread_name_prefix=f"berthing-{self.name}")
-        self._tasks = [asyncio.create_task(self._work(run)) for run in self._runners]
+        self._executor = ThreadPoolExecutor(64, thread_name_prefix=f"berthing-{self.name}")  # threads start lazily
+        for run in list(self._runners):
+            self._spawn(run)
+
+    def _spawn(self, run: RunBatch) -> None:
+        task = asyncio.create_task(self._work(run))
+        self._workers[run] = task
+        self._tasks.append(task)
+
+    @property
+    def workers(self) -> int:
+        """Workers that take batches now (retiring ones excluded)."""
+        return len(self._runners)
+
+    def add_worker(self, run: RunBatch) -> None:
+        """Scale up at run time: a new worker takes batches from the same queue at once."""
+        self._runners.append(run)
+        if self._tasks:
+            self._spawn(run)
+
+    async def retire_worker(self, run: RunBatch) -> None:
+        """Scale down: the worker finishes its in-flight batch, then stops; queued items stay for the others."""
+        if len(self._runners) <= 1:
+            raise BerthingError(f"model {self.name!r} needs at least one worker")
+        self._runners.remove(run)
+        task = self._workers.pop(run, None)
+        if task is None:
+            return
+        self._retiring.add(run)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        await asyncio.gather(task, return_exceptions=True)
+        self._retiring.discard(run)
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Any]]:
         """Queue a request's items; a full queue answers 503 instead of growing without bound."""
@@ -114,9 +149,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         wait_s = self.limits.max_wait_ms / 1000.0
         while True:
-            while not self._pending:
+            while not self._pending and run not in self._retiring:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            if run in self._retiring:
+                if self._pending:
+                    self._wakeup.set()  # pass the wake-up on to a worker that stays
+                return
             if wait_s and len(self._pending) < self.limits.max_batch_size:
                 await asyncio.sleep(wait_s)
             batch = self._take()
@@ -160,6 +199,7 @@ class Batcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._workers = {}
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(BerthingError(f"model {self.name!r} was stopped"))

@@ -20,7 +20,7 @@ from berthing.runtime.base import Runtime
 from berthing.runtime.threads import threads_per_worker
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
-from berthing.types import ModelLoadError, PayloadTooLarge, TextInput
+from berthing.types import BadRequest, ModelLoadError, ModelNotFound, PayloadTooLarge, TextInput
 
 # Requests with more items than this tokenize in a thread instead of on the event loop.
 _INLINE_TOKENIZE_ITEMS = 16
@@ -37,6 +37,7 @@ class LoadOptions:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "berthing")
     limits: BatchLimits = field(default_factory=BatchLimits)
     version: str = "1.0"
+    allow_pickle: bool = False
 
 
 class Model:
@@ -58,18 +59,50 @@ class Model:
         self.spec = spec
         self.encoder = encoder
         self.task = make_task(spec)
-        self.runtimes = runtimes
+        self.runtimes = list(runtimes)  # own list: scaling one model never changes a clone's workers
         self.limits = limits
         self.source = source
         self.load_seconds = load_seconds
         self.batcher: Batcher | None = None
+        self.make_runtime: Callable[[], Runtime] | None = None  # set by load_model; scaling up needs it
+        self.memory_bytes = 0  # size of the model file the runtimes load (ONNX or weights), per worker
+        self._runners: dict[int, Callable[[list[Encoded]], np.ndarray]] = {}
+        self.url = str(source)  # what it was registered from, as the management API lists it
+        self.retired = False
+        self._scaling = asyncio.Lock()  # one scale change at a time per model
+        self._inflight = 0
 
     def _runner(self, runtime: Runtime) -> Callable[[list[Encoded]], np.ndarray]:
+        if id(runtime) in self._runners:
+            return self._runners[id(runtime)]
+
         def run(items: list[Encoded]) -> np.ndarray:
             features = self.encoder.collate(items)
             return self.task.split(runtime.run(features), features)
 
+        self._runners[id(runtime)] = run
         return run
+
+    async def scale(self, workers: int) -> None:
+        """Add or retire runtime instances while serving: queued items stay queued, in-flight batches finish."""
+        if workers < 1:
+            raise BadRequest(f"a model needs at least 1 worker, not {workers}")
+        async with self._scaling:
+            await self._scale(workers)
+
+    async def _scale(self, workers: int) -> None:
+        while len(self.runtimes) < workers:
+            if self.make_runtime is None:
+                raise BadRequest(f"model {self.name!r} was not loaded from a folder; it cannot add workers")
+            runtime = await asyncio.to_thread(self.make_runtime)
+            self.runtimes.append(runtime)
+            if self.batcher is not None:
+                self.batcher.add_worker(self._runner(runtime))
+        while len(self.runtimes) > workers:
+            runtime = self.runtimes.pop()
+            if self.batcher is not None:
+                await self.batcher.retire_worker(self._runner(runtime))
+            self._runners.pop(id(runtime), None)
 
     def start(self, on_batch: BatchObserver | None = None) -> None:
         """Start batching on the running event loop (server entry points call this once)."""
@@ -82,8 +115,26 @@ class Model:
         if self.batcher is not None:
             await self.batcher.close(drain=True)
 
+    async def retire(self) -> None:
+        """Unregistering: refuse new calls, let in-flight requests finish, drain the queue, free the runtimes."""
+        self.retired = True
+        while self._inflight:
+            await asyncio.sleep(0.01)
+        await self.stop()
+        self.runtimes = []
+        self._runners.clear()
+
     async def infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
         """Results for already-parsed inputs, in order, through the shared batcher."""
+        if self.retired:
+            raise ModelNotFound(f"version '{self.version}' of model '{self.name}' was unregistered")
+        self._inflight += 1
+        try:
+            return await self._infer(inputs, options)
+        finally:
+            self._inflight -= 1
+
+    async def _infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
         if self.batcher is None or not self.batcher.running:
             self.start()
         assert self.batcher is not None
@@ -129,7 +180,9 @@ class Model:
         }
 
 
-def _make_runtime(kind: str, artifact: Path, folder: Path, spec: ModelSpec, threads: int) -> Runtime:
+def _make_runtime(
+    kind: str, artifact: Path, folder: Path, spec: ModelSpec, threads: int, allow_pickle: bool = False
+) -> Runtime:
     if kind == "onnx":
         from berthing.runtime.onnx import OnnxRuntime
 
@@ -137,7 +190,7 @@ def _make_runtime(kind: str, artifact: Path, folder: Path, spec: ModelSpec, thre
     if kind == "torch":
         from berthing.runtime.torch import TorchRuntime
 
-        return TorchRuntime(folder, spec, threads)
+        return TorchRuntime(folder, spec, threads, allow_pickle)
     raise ModelLoadError(f"unknown runtime {kind!r} (runtimes: onnx, torch)")
 
 
@@ -169,14 +222,18 @@ def load_model(
     else:
         if not is_artifact(folder):
             check_served(read_checkpoint(folder, options.task).task, source.name)  # before a useless export
-        artifact = prepare(folder, options.task, options.cache_dir, progress)
+        artifact = prepare(folder, options.task, options.cache_dir, progress, options.allow_pickle)
         spec = ModelSpec.from_dict(json.loads((artifact / "berthing.json").read_text("utf-8")))
     check_served(spec.task, source.name)
     encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
     workers = max(1, options.workers)
     threads = threads_per_worker(workers, options.threads)
-    runtimes = [_make_runtime(options.runtime, artifact, folder, spec, threads) for _ in range(workers)]
+    runtimes = [_make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle) for _ in range(workers)]
     model = Model(
-        source.name, options.version, spec, encoder, runtimes, options.limits, folder, time.perf_counter() - started
+        source.name, source.version or options.version, spec, encoder, runtimes, options.limits, folder,
+        time.perf_counter() - started,
     )
+    model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
+    weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
+    model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
     return model

@@ -7,6 +7,7 @@ the ONNX runtime needs, so serving from it imports neither torch nor transformer
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,8 @@ from berthing.types import ModelLoadError
 
 EXPORT_FORMAT = "2"  # bump when the exported graph's contract changes, so caches are rebuilt
 OPSET = 17
+TOLERANCE = 1e-3  # max abs error allowed between ONNX Runtime and PyTorch on the check batches
+CHECK_SHAPES = ((2, 5), (3, 11))  # (batch, length) of the check batches: the traced shape and another
 _SKIP_SUFFIXES = (".md", ".onnx", ".h5", ".msgpack", ".ot")
 Progress = Callable[[str], None]
 
@@ -96,8 +99,6 @@ def _record_padding(folder: Path, path: Path) -> None:
 
 
 def _read_optional_json(path: Path) -> dict:
-    import json
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -123,8 +124,22 @@ def task_output(out, task: str):
     return out.logits
 
 
-def load_torch_model(folder: Path, spec: ModelSpec):
+def check_weights(folder: Path, allow_pickle: bool = False) -> None:
+    """Refuse pickle weights (pytorch_model.bin without safetensors) before transformers opens them: unpickling
+    runs code. With allow_pickle they load through torch's weights-only unpickler."""
+    if allow_pickle or any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+    if pickles:
+        raise ModelLoadError(
+            f"{folder.name} holds pickle weights ({pickles[0]}) and no model.safetensors; pickle can run code when "
+            "loaded. Convert it to safetensors, or pass --allow-pickle to load it with torch's weights-only loader"
+        )
+
+
+def load_torch_model(folder: Path, spec: ModelSpec, allow_pickle: bool = False):
     """The PyTorch module whose output the runtime serves: the encoder, or the model with its head."""
+    check_weights(folder, allow_pickle)
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -136,7 +151,7 @@ def load_torch_model(folder: Path, spec: ModelSpec):
         "qa": transformers.AutoModelForQuestionAnswering,
     }.get(spec.task, transformers.AutoModel)
     try:
-        model = cls.from_pretrained(str(folder))
+        model = cls.from_pretrained(str(folder), weights_only=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the weights of {folder}: {exc}") from exc
     return model.eval()
@@ -160,19 +175,21 @@ def _wrapper(model, spec: ModelSpec):
     return Wrapped().eval()
 
 
-def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
-    """Run torch's exporter with dynamic batch and sequence axes, then check ORT against torch."""
+def _export_onnx(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False) -> float:
+    """Run torch's exporter with dynamic batch and sequence axes, then check ORT against torch.
+
+    Returns the largest absolute difference seen on the check batches, which packages record."""
     import numpy as np
     import torch
 
-    model = load_torch_model(folder, spec)
+    model = load_torch_model(folder, spec, allow_pickle)
     wrapped = _wrapper(model, spec)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if spec.uses_token_types else [])
     output = OUTPUT_NAMES[spec.task]
     vocab = int(getattr(model.config, "vocab_size", 0) or 10)
     pad = getattr(model.config, "pad_token_id", None)
     pad = pad if isinstance(pad, int) and 0 <= pad < vocab else 0
-    args = _sample_inputs(2, 5, vocab, pad, spec.uses_token_types)
+    args = _sample_inputs(*CHECK_SHAPES[0], vocab, pad, spec.uses_token_types)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes[output] = {0: "batch"} if spec.task in ("classify", "rerank") else {0: "batch", 1: "sequence"}
     path = target / "model.onnx"
@@ -185,8 +202,9 @@ def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
     # The traced shape and a different one: a size the tracer froze into the graph shows up in the second.
-    for batch in (args, _sample_inputs(3, 11, vocab, pad, spec.uses_token_types)):
+    for batch in (args, _sample_inputs(*CHECK_SHAPES[1], vocab, pad, spec.uses_token_types)):
         with torch.inference_mode():
             expected = wrapped(*batch).numpy()
         try:
@@ -195,8 +213,10 @@ def _export_onnx(folder: Path, spec: ModelSpec, target: Path) -> None:
             raise ModelLoadError(f"ONNX export of {folder} fails on a {tuple(batch[0].shape)} batch: {exc}") from exc
         valid = batch[1].numpy().astype(bool) if got.ndim == 3 else slice(None)
         err = float(np.abs(got[valid] - expected[valid]).max()) if got.shape == expected.shape else float("inf")
-        if err > 1e-3:
+        if err > TOLERANCE:
             raise ModelLoadError(f"ONNX export of {folder} disagrees with PyTorch (max abs error {err:.2e})")
+        worst = max(worst, err)
+    return worst
 
 
 def _sample_inputs(batch: int, length: int, vocab: int, pad: int, token_types: bool) -> tuple:
@@ -211,11 +231,29 @@ def _sample_inputs(batch: int, length: int, vocab: int, pad: int, token_types: b
     return (ids, mask) + ((torch.zeros_like(ids),) if token_types else ())
 
 
-def export(folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> Path:
+def write_artifact(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False) -> dict:
+    """Write tokenizer.json, model.onnx and berthing.json into an existing folder; return the verification record."""
+    ensure_tokenizer_json(folder, target)
+    err = _export_onnx(folder, spec, target, allow_pickle)
+    verification = {
+        "method": "onnxruntime vs pytorch on deterministic check batches",
+        "batches": [list(shape) for shape in CHECK_SHAPES],
+        "max_abs_error": err,
+        "tolerance": TOLERANCE,
+    }
+    data = json.loads(spec.to_json()) | {"verification": verification}
+    (target / "berthing.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    return verification
+
+
+def export(
+    folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | None = None, allow_pickle: bool = False
+) -> Path:
     """Return the artifact folder for this checkpoint, exporting it first if the cache lacks it."""
     target = artifact_dir(cache_dir, folder, spec.task)
     if is_artifact(target):
         return target
+    check_weights(folder, allow_pickle)
     say = progress or (lambda _msg: None)
     try:
         import torch  # noqa: F401
@@ -229,9 +267,7 @@ def export(folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         say(f"exporting to ONNX, once (cached in {target})")
-        ensure_tokenizer_json(folder, tmp)
-        _export_onnx(folder, spec, tmp)
-        (tmp / "berthing.json").write_text(spec.to_json(), encoding="utf-8")
+        write_artifact(folder, spec, tmp, allow_pickle)
         try:
             os.rename(tmp, target)
         except OSError:  # another process exported it first: theirs is as good as ours
@@ -242,8 +278,10 @@ def export(folder: Path, spec: ModelSpec, cache_dir: Path, progress: Progress | 
     return target
 
 
-def prepare(folder: Path, task: str | None, cache_dir: Path, progress: Progress | None = None) -> Path:
+def prepare(
+    folder: Path, task: str | None, cache_dir: Path, progress: Progress | None = None, allow_pickle: bool = False
+) -> Path:
     """A checkpoint folder or an artifact folder in, an artifact folder out."""
     if is_artifact(folder):
         return folder
-    return export(folder, read_checkpoint(folder, task), cache_dir, progress)
+    return export(folder, read_checkpoint(folder, task), cache_dir, progress, allow_pickle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ class ModelSource:
 
     name: str
     path: Path
+    version: str | None = None  # a package's own version; None lets the loader's default stand
 
 
 def default_model_path() -> Path:
@@ -69,8 +71,25 @@ def _download_hub(repo_id: str) -> Path:
         ) from exc
 
 
-def resolve(spec: str | None) -> ModelSource:
-    """Resolve `name=source` or `source` (folder, hub id); None or '' gives the default model."""
+def default_cache_dir() -> Path:
+    """The cache folder Settings would pick: BERTHING_CACHE_DIR, else XDG_CACHE_HOME/berthing, else ~/.cache/berthing."""
+    if os.environ.get("BERTHING_CACHE_DIR"):
+        return Path(os.environ["BERTHING_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "berthing"
+
+
+def _resolve_package(name: str, path: Path, cache_dir: Path | None) -> ModelSource:
+    """A .berth archive (extracted once into the cache) or a package folder, verified against its manifest."""
+    from berthing.packaging.package import open_package
+
+    folder, manifest = open_package(path, cache_dir or default_cache_dir())
+    return ModelSource(check_name(name or manifest["name"]), folder.resolve(), str(manifest["version"]))
+
+
+def resolve(spec: str | None, cache_dir: Path | None = None) -> ModelSource:
+    """Resolve `name=source` or `source` (folder, package, hub id); None or '' gives the default model.
+
+    `cache_dir` is where .berth archives are extracted; None means the default cache folder."""
     if not spec:
         return ModelSource(DEFAULT_MODEL_NAME, default_model_path())
     name, sep, source = spec.partition("=")
@@ -81,8 +100,12 @@ def resolve(spec: str | None) -> ModelSource:
         return ModelSource(check_name(name or DEFAULT_MODEL_NAME), default_model_path())
     path = Path(source).expanduser()
     if path.exists():
+        from berthing.packaging.package import is_package
+
+        if is_package(path):
+            return _resolve_package(name, path, cache_dir)
         if not path.is_dir():
-            raise ModelLoadError(f"{source} is a file; a checkpoint is a folder with config.json")
+            raise ModelLoadError(f"{source} is a file; a checkpoint is a folder with config.json, a package ends in .berth")
         return ModelSource(check_name(name or _name_from_path(path)), path.resolve())
     if _HUB_ID_RE.match(source) and not source.startswith((".", "/", "~")):
         return ModelSource(check_name(name or source.split("/")[-1]), _download_hub(source))

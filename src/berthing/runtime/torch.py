@@ -15,7 +15,7 @@ class TorchRuntime:
 
     name = "torch"
 
-    def __init__(self, folder: Path, spec: ModelSpec, threads: int) -> None:
+    def __init__(self, folder: Path, spec: ModelSpec, threads: int, allow_pickle: bool = False) -> None:
         import torch
 
         from berthing.packaging.export import load_torch_model, task_output
@@ -24,7 +24,7 @@ class TorchRuntime:
         self.threads = threads
         self.torch = torch
         self.spec = spec
-        self.model = load_torch_model(folder, spec)
+        self.model = load_torch_model(folder, spec, allow_pickle)
         self.task_output = task_output
 
     def run(self, features: Features) -> np.ndarray:

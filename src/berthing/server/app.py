@@ -18,6 +18,7 @@ from berthing.registry import Registry
 from berthing.server.metrics import Metrics
 from berthing.server.openapi import openapi
 from berthing.server.protocols import torchserve
+from berthing.server.security import check_token
 from berthing.types import BerthingError, PayloadTooLarge
 
 log = logging.getLogger("berthing.server")
@@ -54,6 +55,8 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
         name = request.path_params["model"]
         label = "unknown"  # never a label per unknown name: that would let clients grow /metrics without bound
         try:
+            if settings.inference_token:
+                check_token(request.headers.get("authorization"), settings.inference_token, "inference")
             model = registry.get(name, request.path_params.get("version"))
             label = f"{model.name}:{model.version}"
             body = await read_body(request, settings.max_body_bytes)

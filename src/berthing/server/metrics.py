@@ -47,10 +47,13 @@ class Metrics:
             "berthing_model_load_seconds", "Seconds to load the model", ["model", "version"], registry=r
         )
 
+        self.workers = Gauge("berthing_model_workers", "Runtime workers of each model version", ["model"], registry=r)
+
     def watch(self, model: Model) -> BatchObserver:
         """Register a model's gauges and return the observer its batcher calls after each batch."""
         label = f"{model.name}:{model.version}"
         self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
+        self.workers.labels(label).set_function(lambda: len(model.runtimes))
         self.queue_depth.labels(label).set_function(lambda: model.batcher.depth if model.batcher else 0)
         size = self.batch_size.labels(label)
         padded_tokens = self.batch_tokens.labels(label)
@@ -66,6 +69,19 @@ class Metrics:
             padded.inc(padded_count)
 
         return observe
+
+    def forget(self, model: Model) -> None:
+        """Drop an unregistered version's gauges and batch series (request counters keep their history)."""
+        label = f"{model.name}:{model.version}"
+        for metric, labels in (
+            (self.load_seconds, (model.name, model.version)), (self.queue_depth, (label,)), (self.workers, (label,)),
+            (self.batch_size, (label,)), (self.batch_tokens, (label,)), (self.batch_seconds, (label,)),
+            (self.tokens, (label, "real")), (self.tokens, (label, "padded")),
+        ):
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

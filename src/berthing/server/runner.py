@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
@@ -21,9 +22,9 @@ GRACEFUL_SHUTDOWN_S = 60
 def load_registry(settings: Settings, console: Console) -> Registry:
     """Load the configured models (the default model when none is named), with a spinner per model."""
     registry = Registry()
-    specs = settings.models or [None]
+    specs: list[str | None] = list(settings.models) or ([] if settings.model_store else [None])
     for spec in specs:
-        source = resolve(spec)
+        source = resolve(spec, settings.cache_dir)
         with console.status(f"loading {source.name} from {source.path}") as status:
 
             def progress(message: str, status=status, name=source.name) -> None:
@@ -66,21 +67,57 @@ def _drained_server_class():
     return DrainedServer
 
 
+class PortRouter:
+    """One ASGI app for one uvicorn server with two sockets: the management port goes to the management app.
+
+    One server means one event loop, one lifespan (the inference app's) and one SIGTERM drain for both."""
+
+    def __init__(self, inference: Any, management: Any, management_port: int) -> None:
+        self.inference, self.management, self.management_port = inference, management, management_port
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        server = scope.get("server") or (None, None)
+        app = self.management if scope["type"] != "lifespan" and server[1] == self.management_port else self.inference
+        await app(scope, receive, send)
+
+
+def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list[socket.socket], str | None]:
+    """Check the management address, write the key file, bind both ports; the router serves both apps."""
+    from berthing.server.app import create_app
+    from berthing.server.management import create_management_app
+    from berthing.server.metrics import Metrics
+    from berthing.server.security import check_bind, prepare_token
+
+    check_bind(settings)
+    token = prepare_token(settings)
+    metrics = Metrics()
+    sock = bind(settings.host, settings.port)
+    management_sock = bind(settings.management_host, settings.management_port)
+    router = PortRouter(
+        create_app(registry, settings, metrics),
+        create_management_app(registry, settings, metrics, token),
+        management_sock.getsockname()[1],
+    )
+    return router, [sock, management_sock], token
+
+
 def serve(settings: Settings, console: Console | None = None) -> None:
     """Load, bind, serve; returns after a graceful shutdown."""
     import uvicorn
-
-    from berthing.server.app import create_app
 
     console = console or Console(stderr=True, soft_wrap=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"berthing: {available_cores()} cores available")
     registry = load_registry(settings, console)
-    app = create_app(registry, settings)
-    sock = bind(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
+    app, sockets, token = build_apps(settings, registry)
+    host, port = sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"serving {', '.join(registry.names())} on http://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    names = ", ".join(registry.names()) or "no models"
+    console.print(f"serving {names} on http://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    m_host, m_port = sockets[1].getsockname()[:2]
+    auth = "token in the key file" if token else "no token"
+    m_shown = f"[{m_host}]" if ":" in m_host else m_host
+    console.print(f"management API at http://{m_shown}:{m_port} ({auth})")
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -90,4 +127,4 @@ def serve(settings: Settings, console: Console | None = None) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
     )
-    _drained_server_class()(config).run(sockets=[sock])
+    _drained_server_class()(config).run(sockets=sockets)

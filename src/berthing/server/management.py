@@ -1,0 +1,208 @@
+"""The management API (TorchServe's shapes): list, describe, register, scale, set-default, unregister models.
+
+It is a separate ASGI app on its own address (loopback by default) and every route needs the bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from berthing.config import Settings
+from berthing.engine.model import Model, load_model
+from berthing.packaging.sources import check_name, resolve
+from berthing.registry import Conflict, Registry
+from berthing.server.app import JSON, error_response
+from berthing.server.metrics import Metrics
+from berthing.server.protocols import torchserve
+from berthing.server.security import check_source, check_token
+from berthing.types import BadRequest, BerthingError, ModelLoadError
+
+log = logging.getLogger("berthing.management")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(torchserve.dumps(body), status, media_type=JSON)
+
+
+def _int(request: Request, name: str, default: int | None, low: int = 0) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < low:
+        raise BadRequest(f"parameter {name!r} must be an integer >= {low}, not {raw!r}")
+    return int(raw)
+
+
+def _bool(request: Request, name: str, default: bool) -> bool:
+    raw = request.query_params.get(name, "").lower()
+    if raw in ("", "true", "false"):
+        return default if raw == "" else raw == "true"
+    raise BadRequest(f"parameter {name!r} must be true or false, not {raw!r}")
+
+
+def describe(model: Model, default: str) -> dict[str, Any]:
+    """One version as GET /models/{name} lists it; memoryBytes is the model file each worker loads."""
+    return {
+        **model.describe(),
+        "modelUrl": model.url,
+        "isDefault": model.version == default,
+        "status": "READY",
+        "minWorkers": len(model.runtimes),
+        "maxWorkers": len(model.runtimes),
+        "memoryBytes": model.memory_bytes,
+        "queueDepth": model.batcher.depth if model.batcher else 0,
+    }
+
+
+def create_management_app(registry: Registry, settings: Settings, metrics: Metrics, token: str | None) -> Starlette:
+    """Build the management app over the registry the inference app serves from."""
+    loading: set[tuple[str, str]] = set()
+    background: set[asyncio.Task[None]] = set()
+
+    def guarded(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            try:
+                check_token(request.headers.get("authorization"), token, "management")
+                return await handler(request)
+            except BerthingError as error:
+                if error.code >= 500:
+                    log.error("%s %s: %s", request.method, request.url.path, error.message)
+                return error_response(error)
+
+        return run
+
+    async def list_models(request: Request) -> Response:
+        limit = _int(request, "limit", 100, low=1) or 100
+        start = _int(request, "next_page_token", 0) or 0
+        names = registry.names()
+        page = []
+        for name in names[start : start + limit]:
+            try:
+                page.append({"modelName": name, "modelUrl": registry.get(name).url})
+            except BerthingError:  # unregistered meanwhile
+                continue
+        body: dict[str, Any] = {"models": page}
+        if start + limit < len(names):
+            body["nextPageToken"] = str(start + limit)
+        return _json(body)
+
+    async def describe_model(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        models = [registry.get(name, version)] if version else registry.versions(name)
+        default = registry.default_version(name)
+        return _json([describe(m, default) for m in models])
+
+    async def load(spec: str, version: str | None, workers: int, url: str) -> Model:
+        """Resolve and load in a worker thread (the event loop keeps serving), then start batching on the loop."""
+        options = settings.load_options()
+        options.workers = workers
+        if version:
+            options.version = version
+        try:
+            source = await asyncio.to_thread(resolve, spec, settings.cache_dir)
+            model = await asyncio.to_thread(load_model, source, options)
+        except BerthingError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load model from {url!r}: {type(exc).__name__}: {exc}") from exc
+        model.url = url
+        return model
+
+    async def register(request: Request) -> Response:
+        url = request.query_params.get("url", "")
+        path = check_source(url, settings.model_store, settings.allowed_sources)
+        name = request.query_params.get("model_name") or ""
+        if name:
+            try:
+                check_name(name)
+            except ModelLoadError as exc:
+                raise BadRequest(exc.message) from None
+        version = request.query_params.get("model_version") or None
+        workers = _int(request, "initial_workers", settings.default_workers, low=1) or 1
+        synchronous = _bool(request, "synchronous", True)
+        key = (name, version or "1.0")
+        if name and (key in loading or any(m.version == key[1] for m in _versions(name))):
+            raise Conflict(f"model '{name}' version '{key[1]}' is already registered")
+        spec = f"{name}={path}" if name else path
+
+        async def finish() -> Model:
+            loading.add(key)
+            try:
+                model = await load(spec, version, workers, url)
+                registry.add(model, make_default=False, replace=False)
+            finally:
+                loading.discard(key)
+            model.start(metrics.watch(model))
+            log.info("registered %s v%s from %s", model.name, model.version, url)
+            return model
+
+        if synchronous:
+            model = await finish()
+            return _json({"status": f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'})
+
+        async def in_background() -> None:
+            try:
+                await finish()
+            except BerthingError as error:
+                log.error("registering %s failed: %s", url, error.message)
+
+        task = asyncio.create_task(in_background())
+        background.add(task)
+        task.add_done_callback(background.discard)
+        return _json({"status": f'Model "{name or url}" registration started'}, 202)
+
+    def _versions(name: str) -> list[Model]:
+        return registry.versions(name) if name in registry.names() else []
+
+    async def scale(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        model = registry.get(name, version)
+        low = _int(request, "min_worker", None, low=1)
+        high = _int(request, "max_worker", None, low=1)
+        if low is None and high is None:
+            raise BadRequest("give min_worker and/or max_worker")
+        if low is not None and high is not None and low > high:
+            raise BadRequest(f"min_worker {low} is over max_worker {high}")
+        target = low if low is not None else min(len(model.runtimes), high or 1)
+        await model.scale(target)
+        return _json({"status": f'Workers of model "{name}" version {model.version} scaled to {len(model.runtimes)}'})
+
+    async def set_default(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        registry.set_default(name, version)
+        return _json({"status": f'Default version of model "{name}" set to {version}'})
+
+    async def unregister(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        model = registry.remove(name, version)  # new requests 404 from here on
+        await model.retire()
+        metrics.forget(model)
+        log.info("unregistered %s v%s", name, version)
+        return _json({"status": f'Model "{name}" version {version} unregistered'})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = BerthingError(f"{request.method} {request.url.path}: {exc.detail}", headers=dict(exc.headers or {}))
+        error.code, error.type = exc.status_code, "NotFound" if exc.status_code == 404 else "HTTPError"
+        return error_response(error)
+
+    routes = [
+        Route("/models", guarded(list_models), methods=["GET"]),
+        Route("/models", guarded(register), methods=["POST"]),
+        Route("/models/{name}", guarded(describe_model), methods=["GET"]),
+        Route("/models/{name}", guarded(scale), methods=["PUT"]),
+        Route("/models/{name}/{version}", guarded(describe_model), methods=["GET"]),
+        Route("/models/{name}/{version}", guarded(scale), methods=["PUT"]),
+        Route("/models/{name}/{version}", guarded(unregister), methods=["DELETE"]),
+        Route("/models/{name}/{version}/set-default", guarded(set_default), methods=["PUT"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
