@@ -23,7 +23,7 @@ def load(
 
     `source` is a checkpoint folder, an exported artifact, a package (.berth or its folder), a hub id, or None
     for the default model.
-    Other keywords are Settings fields (cache_dir, threads, max_batch_tokens, ...).
+    Other keywords are Settings fields (cache_dir, threads, max_batch_tokens, trust_handlers, ...).
     """
     from berthing.config import Settings
     from berthing.engine.model import load_model
@@ -32,7 +32,7 @@ def load(
     config = Settings(task=task, runtime=runtime, **settings)
     spec = str(source) if source is not None else None
     resolved = resolve(f"{name}={spec or ''}" if name else spec, config.cache_dir)
-    return load_model(resolved, config.load_options())
+    return load_model(resolved, config.load_options(resolved.name))
 
 
 __all__ = ["__version__", "load"]

@@ -71,7 +71,13 @@ def serve(
     inference_token: Annotated[str | None, typer.Option(help=_help("inference_token"))] = None,
     allowed_sources: Annotated[list[str] | None, typer.Option(help=_help("allowed_sources"))] = None,
     default_workers: Annotated[int | None, typer.Option(help=_help("default_workers"))] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (env BERTHING_CONFIG_FILE)")] = None,
+    trust_handlers: Annotated[bool | None, typer.Option("--trust-handlers", help=_help("trust_handlers"))] = None,
+    metrics_host: Annotated[str | None, typer.Option(help=_help("metrics_host"))] = None,
+    metrics_port: Annotated[int | None, typer.Option(help=_help("metrics_port"))] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML settings file (env BERTHING_CONFIG_FILE); \\[per_model.NAME] tables for one model"),
+    ] = None,
 ) -> None:
     """Serve models over HTTP (TorchServe-compatible inference API, /metrics, /openapi.json; management API)."""
     from berthing.server.runner import serve as run_server
@@ -83,7 +89,8 @@ def serve(
         log_level=log_level, config_file=config, allow_pickle=allow_pickle, model_store=model_store,
         management_host=management_host, management_port=management_port, management_token=management_token,
         management_token_file=management_token_file, management_auth=management_auth, inference_token=inference_token,
-        allowed_sources=allowed_sources, default_workers=default_workers,
+        allowed_sources=allowed_sources, default_workers=default_workers, trust_handlers=trust_handlers,
+        metrics_host=metrics_host, metrics_port=metrics_port,
     )
     try:
         run_server(settings, console)
@@ -105,7 +112,7 @@ def pack(
     version: Annotated[str | None, typer.Option(help="Package version (default: the .mar's, else 1.0).")] = None,
     task: Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels replacing id2label (classify, ner).")] = None,
-    handler: Annotated[Path | None, typer.Option(help="A handler .py to carry in the package (not run yet).")] = None,
+    handler: Annotated[Path | None, typer.Option(help="handler.py to carry (runs only under --trust-handlers).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the package into.")] = Path("."),
     no_archive: Annotated[bool, typer.Option("--no-archive", help="Write a folder NAME-VERSION/ instead of a .berth.")] = False,
     allow_pickle: Annotated[

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,6 +22,21 @@ from berthing.engine.model import LoadOptions
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "berthing"
+
+
+class ModelOverrides(BaseModel):
+    """Per-model settings (TOML `[per_model.NAME]`), as TorchServe's per-model batchSize/maxBatchDelay/minWorkers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["embed", "classify", "ner", "qa", "rerank"] | None = None
+    runtime: Literal["onnx", "torch"] | None = None
+    workers: int | None = Field(None, ge=1, le=64)
+    threads: int | None = Field(None, ge=0, le=256)
+    max_batch_tokens: int | None = Field(None, ge=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    max_wait_ms: float | None = Field(None, ge=0, le=1000)
+    max_queue: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -65,6 +80,16 @@ class Settings(BaseSettings):
     allow_pickle: bool = Field(
         False, description="Load pickle checkpoints (pytorch_model.bin), only through torch's weights-only loader."
     )
+    trust_handlers: bool = Field(
+        False, description="Run custom handler.py code carried by packages (it runs with the server's rights)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the separate metrics listener (with metrics_port).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Also serve /metrics on this port (TorchServe uses 8082); none = inference port only."
+    )
+    per_model: dict[str, ModelOverrides] = Field(
+        default_factory=dict, description="Settings for one model by name, over the global ones (TOML [per_model.NAME])."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     config_file: Path | None = Field(None, description="TOML file with any of these settings.")
 
@@ -94,18 +119,28 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
 
-    def batch_limits(self) -> BatchLimits:
-        """The batcher's share of the settings."""
-        return BatchLimits(self.max_batch_tokens, self.max_batch_size, self.max_wait_ms, self.max_queue)
+    def batch_limits(self, name: str | None = None) -> BatchLimits:
+        """The batcher's share of the settings, with the model's own overrides."""
+        merged = self._merged(name)
+        return BatchLimits(merged["max_batch_tokens"], merged["max_batch_size"], merged["max_wait_ms"], merged["max_queue"])
 
-    def load_options(self) -> LoadOptions:
-        """The model loader's share of the settings."""
+    def _merged(self, name: str | None) -> dict[str, Any]:
+        values = {key: getattr(self, key) for key in ModelOverrides.model_fields}
+        overrides = self.per_model.get(name) if name else None
+        if overrides is not None:
+            values.update(overrides.model_dump(exclude_none=True))
+        return values
+
+    def load_options(self, name: str | None = None) -> LoadOptions:
+        """The model loader's share of the settings; `name` picks up its [per_model.NAME] overrides."""
+        merged = self._merged(name)
         return LoadOptions(
-            task=self.task,
-            runtime=self.runtime,
-            workers=self.workers,
-            threads=self.threads,
+            task=merged["task"],
+            runtime=merged["runtime"],
+            workers=merged["workers"],
+            threads=merged["threads"],
             cache_dir=self.cache_dir,
-            limits=self.batch_limits(),
+            limits=self.batch_limits(name),
             allow_pickle=self.allow_pickle,
+            trust_handlers=self.trust_handlers,
         )

@@ -30,3 +30,36 @@ def test_serve_from_an_empty_model_store(settings: Settings, tiny_model_dir, tmp
         assert httpx.post(f"{url}/predictions/s", json=["good"]).status_code == 200
         proc.terminate()
         assert proc.wait(timeout=60) == 0
+
+
+def test_config_file_per_model_settings_and_metrics_address(settings: Settings, tiny_model_dir, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for kind in ("classify", "embed"):
+        shutil.copytree(tiny_model_dir(kind), store / kind)
+    config = tmp_path / "berthing.toml"
+    config.write_text(
+        f'models = ["s={store / "classify"}"]\nmodel_store = "{store}"\nmetrics_port = 0\n'
+        "[per_model.s]\nworkers = 2\nmax_batch_size = 4\nmax_wait_ms = 1.5\n"
+        "[per_model.e]\nworkers = 3\nmax_batch_tokens = 64\n"
+    )
+    env = {"BERTHING_CACHE_DIR": str(settings.cache_dir)}
+    with cli_server(["--config", str(config)], env) as (proc, url):
+        admin = re.search(r"management API at (http://127\.0\.0\.1:\d+)", proc.startup_output)
+        scrape = re.search(r"metrics at (http://127\.0\.0\.1:\d+)/metrics", proc.startup_output)
+        assert admin and scrape, proc.startup_output
+        auth = {"authorization": f"Bearer {json.loads((store / 'key_file.json').read_text())['management']['key']}"}
+        described = httpx.get(f"{admin.group(1)}/models/s", headers=auth).json()[0]
+        assert described["workers"] == 2
+        assert described["batchSettings"] == {"maxBatchTokens": 512, "maxBatchSize": 4, "maxWaitMs": 1.5, "maxQueue": 2048}
+        registered = httpx.post(f"{admin.group(1)}/models", params={"url": "embed", "model_name": "e"}, headers=auth, timeout=120)
+        assert registered.json() == {"status": 'Model "e" Version: 1.0 registered with 3 initial workers'}
+        described = httpx.get(f"{admin.group(1)}/models/e", headers=auth).json()[0]
+        assert (described["workers"], described["batchSettings"]["maxBatchTokens"]) == (3, 64)
+        assert httpx.post(f"{url}/predictions/s", json=["good"]).status_code == 200
+        metrics = httpx.get(f"{scrape.group(1)}/metrics")
+        served = 'berthing_requests_total{model="s:1.0",route="predictions",status="200"} 1.0'
+        assert metrics.status_code == 200 and served in metrics.text
+        refused = httpx.post(f"{scrape.group(1)}/predictions/s", json=["good"])
+        assert (refused.status_code, refused.json()) == (
+            404, {"code": 404, "type": "NotFound", "message": "no route for POST /predictions/s (routes: /metrics)"}
+        )

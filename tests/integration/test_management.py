@@ -232,9 +232,27 @@ def test_corrupt_model_fails_alone(server: DualServer, store: Path) -> None:
 
 def test_asynchronous_registration(server: DualServer) -> None:
     response = register(server, "embed", "later", synchronous="false")
-    assert (response.status_code, response.json()) == (202, {"status": 'Model "later" registration started'})
-    wait_for(lambda: call(server, "GET", "/models/later").status_code == 200, "the background registration")
+    started = 'Model "later" Version: 1.0 registration started; GET /models/later/1.0 shows its status'
+    assert (response.status_code, response.json()) == (202, {"status": started})
+    wait_for(lambda: call(server, "GET", "/models/later/1.0").json()[0]["status"] == "READY", "the background registration")
     assert predict(server, "later").status_code == 200
+
+
+def test_failed_asynchronous_registration_is_shown_then_cleared(server: DualServer, store: Path) -> None:
+    assert register(server, "corrupt", "broken", synchronous="false").status_code == 202
+    wait_for(lambda: call(server, "GET", "/models/broken").json()[0]["status"] != "LOADING", "the background load to end")
+    message = (f"cannot load the weights of {(store / 'corrupt').resolve()}: "
+               "Error while deserializing header: invalid header length")
+    failed = {"modelName": "broken", "modelVersion": "1.0", "modelUrl": "corrupt", "status": "FAILED",
+              "error": {"code": 500, "type": "ModelLoadError", "message": message}}
+    assert call(server, "GET", "/models/broken").json() == [failed]
+    assert call(server, "GET", "/models/broken/1.0").json() == [failed]
+    listed = call(server, "GET", "/models", limit=1000).json()["models"]
+    assert {"modelName": "broken", "modelUrl": "corrupt", "status": "FAILED"} in listed
+    assert_error(predict(server, "broken"), 404, "ModelNotFound", _not_found(server, "broken"))
+    cleared = call(server, "DELETE", "/models/broken/1.0")
+    assert cleared.json() == {"status": 'Failed registration of model "broken" version 1.0 cleared'}
+    assert call(server, "GET", "/models/broken").status_code == 404
 
 
 def test_bad_parameters(server: DualServer) -> None:

@@ -163,22 +163,6 @@ def test_labels_override_and_count_check(tiny_model_dir, tmp_path: Path) -> None
     assert "--labels gives 2 labels but the model's head has 3 outputs" in _error(wrong)
 
 
-def test_package_with_a_handler_is_refused_when_loaded(tiny_model_dir, tmp_path: Path) -> None:
-    handler = tmp_path / "my_handler.py"
-    handler.write_text("def handle(data, context):\n    return data\n")
-    path = _cli(
-        "pack", str(tiny_model_dir("classify")), "--name", "h", "--version", "1.0", "-o", str(tmp_path),
-        "--handler", str(handler),
-    ).stdout.strip()
-    manifest = read_manifest(Path(path))
-    assert manifest["handler"] == "handler.py" and "handler.py" in manifest["files"]
-    with pytest.raises(ModelLoadError) as info:
-        berthing.load(path, cache_dir=tmp_path)
-    assert info.value.message == (
-        "package h-1.0 carries handler.py; custom handlers run only with --trust-handlers (not supported yet)"
-    )
-
-
 def _pickle_checkpoint(source: Path, target: Path) -> Path:
     """The same weights as pytorch_model.bin (pickle), as torch-model-archiver's --serialized-file takes them."""
     import torch

@@ -37,3 +37,26 @@ def test_management_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("BERTHING_ALLOWED_SOURCES", "/srv/models/, org/")
     monkeypatch.setenv("BERTHING_MODEL_STORE", str(tmp_path))
     assert (Settings().allowed_sources, Settings().model_store) == (["/srv/models/", "org/"], tmp_path)
+
+
+def test_example_config_file_and_per_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "berthing.toml"
+    settings = Settings(config_file=example)
+    assert (settings.port, settings.management_port, settings.metrics_port) == (8080, 8081, 8082)
+    sentiment, minilm, other = (settings.load_options(n) for n in ("sentiment", "minilm", "other"))
+    assert (sentiment.workers, sentiment.limits.max_batch_size, sentiment.limits.max_wait_ms) == (2, 32, 2.0)
+    assert (sentiment.limits.max_batch_tokens, minilm.limits.max_batch_tokens, other.limits.max_batch_tokens) == (512, 1024, 512)
+    assert (minilm.workers, other.workers, other.limits.max_batch_size) == (1, 1, 64)
+    monkeypatch.setenv("BERTHING_MAX_BATCH_SIZE", "16")  # a global change reaches models without their own value
+    assert (Settings(config_file=example).load_options("other").limits.max_batch_size,
+            Settings(config_file=example).load_options("sentiment").limits.max_batch_size) == (16, 32)
+
+
+def test_per_model_settings_are_checked(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[per_model.sentiment]\nmax_batch_sise = 3\n")
+    with pytest.raises(ValueError, match=r"per_model\.sentiment\.max_batch_sise"):
+        Settings(config_file=toml)
+    toml.write_text("[per_model.sentiment]\nworkers = 0\n")
+    with pytest.raises(ValueError, match=r"per_model\.sentiment\.workers"):
+        Settings(config_file=toml)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from berthing.runtime.threads import threads_per_worker
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
 from berthing.types import BadRequest, ModelLoadError, ModelNotFound, PayloadTooLarge, TextInput
+
+if TYPE_CHECKING:
+    from berthing.handler import BaseHandler, Context
 
 # Requests with more items than this tokenize in a thread instead of on the event loop.
 _INLINE_TOKENIZE_ITEMS = 16
@@ -38,6 +41,8 @@ class LoadOptions:
     limits: BatchLimits = field(default_factory=BatchLimits)
     version: str = "1.0"
     allow_pickle: bool = False
+    trust_handlers: bool = False  # run a package's handler.py (its own Python code)
+    registry: Any = None  # the server's Registry, handed to custom handlers for ensembles
 
 
 class Model:
@@ -71,6 +76,9 @@ class Model:
         self.retired = False
         self._scaling = asyncio.Lock()  # one scale change at a time per model
         self._inflight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the batcher runs, for calls from other threads
+        self.handler: BaseHandler | None = None  # a trusted package's custom handler
+        self.handler_context: Context | None = None
 
     def _runner(self, runtime: Runtime) -> Callable[[list[Encoded]], np.ndarray]:
         if id(runtime) in self._runners:
@@ -109,6 +117,7 @@ class Model:
         if self.batcher is None:
             self.batcher = Batcher(self.name, [self._runner(r) for r in self.runtimes], self.limits, on_batch)
         self.batcher.start()
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
         """Finish queued work and stop the workers."""
@@ -151,9 +160,46 @@ class Model:
         rows = await asyncio.gather(*self.batcher.submit(encoded))
         return self.task.finish(list(rows), encoded, inputs, checked)
 
+    async def handle_request(self, body: Any) -> Any:
+        """One request body through the custom handler, in a worker thread (its model calls use the batcher)."""
+        from berthing.handler import handler_pool, run_handler
+
+        if self.retired:
+            raise ModelNotFound(f"version '{self.version}' of model '{self.name}' was unregistered")
+        assert self.handler is not None
+        self._inflight += 1
+        try:
+            if self.batcher is None or not self.batcher.running:
+                self.start()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(handler_pool(), run_handler, self.handler, body, self.handler_context)
+        finally:
+            self._inflight -= 1
+
+    def handle(self, body: Any) -> Any:
+        """In-process: one request body through the custom handler, as the server would answer it."""
+        from berthing.handler import run_handler
+
+        if self.handler is None:
+            raise BadRequest(f"model {self.name!r} has no custom handler; call predict()")
+        return run_handler(self.handler, body, self.handler_context)
+
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Synchronous in-process prediction on the same task, encoder and runtime; mirrors the input."""
         items, single = self.task.parse(inputs)
+        results = self.predict_items(items, options)
+        return results[0] if single else results
+
+    def predict_items(self, items: list[TextInput], options: dict[str, Any]) -> list[Any]:
+        """Results for parsed inputs; from a thread other than a serving loop's, through that loop's batcher."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and self.batcher is not None and self.batcher.running:
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:  # a handler's worker thread: join the dynamic batches
+                return asyncio.run_coroutine_threadsafe(self.infer(items, dict(options)), loop).result()
         checked = self.task.check(items, options)
         encoded = self.task.encode(self.encoder, items, checked)
         rows: list[np.ndarray] = [np.empty(0)] * len(encoded)
@@ -163,8 +209,7 @@ class Model:
             out = run([encoded[i] for i in batch])
             for i, row in zip(batch, out, strict=True):
                 rows[i] = row
-        results = self.task.finish(rows, encoded, items, checked)
-        return results[0] if single else results
+        return self.task.finish(rows, encoded, items, checked)
 
     def describe(self) -> dict[str, Any]:
         """What /models-style listings and logs say about this model."""
@@ -177,6 +222,13 @@ class Model:
             "threadsPerWorker": self.runtimes[0].threads,
             "maxLength": self.spec.max_length,
             "loadSeconds": round(self.load_seconds, 3),
+            "customHandler": self.handler is not None,
+            "batchSettings": {
+                "maxBatchTokens": self.limits.max_batch_tokens,
+                "maxBatchSize": self.limits.max_batch_size,
+                "maxWaitMs": self.limits.max_wait_ms,
+                "maxQueue": self.limits.max_queue,
+            },
         }
 
 
@@ -236,4 +288,26 @@ def load_model(
     model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
     weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
     model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
+    attach_handler(model, folder, options)
     return model
+
+
+def attach_handler(model: Model, folder: Path, options: LoadOptions) -> None:
+    """A package with handler.py: refuse it unless handlers are trusted, else import and initialize the handler."""
+    from berthing.handler import HANDLER_FILE, Context, HandlerNotTrusted, load_handler
+    from berthing.packaging.package import MANIFEST
+
+    if not (folder / MANIFEST).is_file():
+        return
+    manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
+    if not manifest.get("handler"):
+        return
+    if not options.trust_handlers:
+        raise HandlerNotTrusted(
+            f"package {manifest['name']}-{manifest['version']} carries {HANDLER_FILE} (custom Python code); it runs only "
+            "when the server is started with --trust-handlers (BERTHING_TRUST_HANDLERS=true, or trust_handlers=True "
+            "in berthing.load)"
+        )
+    context = Context(model.name, model.version, folder, manifest, model, options.registry)
+    model.handler = load_handler(folder, context)
+    model.handler_context = context

@@ -85,6 +85,10 @@ def build_package(
     if handler is not None:
         if not handler.is_file():
             raise ModelLoadError(f"handler {handler} not found")
+        try:  # a syntax error found at pack time, not at the first load in production
+            compile(handler.read_text("utf-8"), str(handler), "exec")
+        except (SyntaxError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"handler {handler} does not compile: {exc}") from None
         shutil.copy2(handler, target / "handler.py")
     verification = write_artifact(checkpoint, spec, target, allow_pickle)
     files = {
@@ -199,11 +203,8 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     unlisted = [rel for rel in extra if rel not in manifest["files"]]
     if unlisted:
         raise ModelLoadError(f"package {manifest['name']}-{manifest['version']}: {unlisted[0]} is not in {MANIFEST}")
-    if manifest.get("handler"):
-        raise ModelLoadError(
-            f"package {manifest['name']}-{manifest['version']} carries {manifest['handler']}; custom handlers run "
-            "only with --trust-handlers (not supported yet)"
-        )
+    if manifest.get("handler") not in (None, "handler.py") or (manifest.get("handler") and "handler.py" not in manifest["files"]):
+        raise ModelLoadError(f"package {manifest['name']}-{manifest['version']}: 'handler' must name handler.py, listed in files")
 
 
 def is_package(path: Path) -> bool:

@@ -60,11 +60,14 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
             model = registry.get(name, request.path_params.get("version"))
             label = f"{model.name}:{model.version}"
             body = await read_body(request, settings.max_body_bytes)
-            inputs, single, options = torchserve.parse_request(
-                body, request.headers.get("content-type", ""), settings.max_items, model.task
-            )
-            results = await model.infer(inputs, options)
-            response = Response(torchserve.encode_result(results, single), media_type=JSON)
+            content_type = request.headers.get("content-type", "")
+            if model.handler is not None:
+                result = await model.handle_request(torchserve.decode_body(body, content_type))
+                response = Response(torchserve.dump_result(result), media_type=JSON)
+            else:
+                inputs, single, options = torchserve.parse_request(body, content_type, settings.max_items, model.task)
+                results = await model.infer(inputs, options)
+                response = Response(torchserve.encode_result(results, single), media_type=JSON)
         except BerthingError as error:
             if error.code >= 500:  # 503 is load shedding, expected under overload: a warning, not an error
                 log.log(logging.WARNING if error.code == 503 else logging.ERROR, "%s: %s", label, error.message)
@@ -128,3 +131,18 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
     app.state.registry = registry
     app.state.metrics = metrics
     return app
+
+
+def create_metrics_app(metrics: Metrics) -> Starlette:
+    """/metrics alone, for a separate metrics address (TorchServe's 8082) that scrapers reach and clients do not."""
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = BerthingError(f"no route for {request.method} {request.url.path} (routes: /metrics)")
+        error.code, error.type = exc.status_code, "NotFound" if exc.status_code == 404 else "HTTPError"
+        return error_response(error)
+
+    return Starlette(routes=[Route("/metrics", metrics_endpoint, methods=["GET"])], exception_handlers={HTTPException: not_found})

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from berthing.config import Settings
 from berthing.engine.model import Model, load_model
-from berthing.packaging.sources import check_name, resolve
+from berthing.packaging.sources import ModelSource, check_name, resolve
 from berthing.registry import Conflict, Registry
 from berthing.server.app import JSON, error_response
 from berthing.server.metrics import Metrics
@@ -65,7 +65,7 @@ def describe(model: Model, default: str) -> dict[str, Any]:
 
 def create_management_app(registry: Registry, settings: Settings, metrics: Metrics, token: str | None) -> Starlette:
     """Build the management app over the registry the inference app serves from."""
-    loading: set[tuple[str, str]] = set()
+    pending: dict[tuple[str, str], dict[str, Any]] = {}  # registrations LOADING, or FAILED with their error
     background: set[asyncio.Task[None]] = set()
 
     def guarded(handler: Handler) -> Handler:
@@ -80,16 +80,21 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
 
         return run
 
+    def pending_of(name: str) -> list[dict[str, Any]]:
+        return [entry for (n, _v), entry in sorted(pending.items()) if n == name]
+
     async def list_models(request: Request) -> Response:
         limit = _int(request, "limit", 100, low=1) or 100
         start = _int(request, "next_page_token", 0) or 0
-        names = registry.names()
+        names = sorted(set(registry.names()) | {n for n, _v in pending})
         page = []
         for name in names[start : start + limit]:
             try:
                 page.append({"modelName": name, "modelUrl": registry.get(name).url})
-            except BerthingError:  # unregistered meanwhile
-                continue
+            except BerthingError:  # only pending (loading or failed), or unregistered meanwhile
+                if pending_of(name):
+                    entry = pending_of(name)[0]
+                    page.append({"modelName": name, "modelUrl": entry["modelUrl"], "status": entry["status"]})
         body: dict[str, Any] = {"models": page}
         if start + limit < len(names):
             body["nextPageToken"] = str(start + limit)
@@ -97,18 +102,26 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
 
     async def describe_model(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
+        if version and (name, version) in pending:
+            return _json([pending[(name, version)]])
+        waiting = [] if version else pending_of(name)
+        if waiting and name not in registry.names():
+            return _json(waiting)
         models = [registry.get(name, version)] if version else registry.versions(name)
         default = registry.default_version(name)
-        return _json([describe(m, default) for m in models])
+        return _json([describe(m, default) for m in models] + waiting)
 
-    async def load(spec: str, version: str | None, workers: int, url: str) -> Model:
-        """Resolve and load in a worker thread (the event loop keeps serving), then start batching on the loop."""
-        options = settings.load_options()
-        options.workers = workers
+    async def load(source: ModelSource, version: str | None, workers: int | None, url: str) -> Model:
+        """Load in a worker thread (the event loop keeps serving); start batching on the loop is the caller's.
+
+        Workers: initial_workers, else the model's [per_model] workers, else default_workers."""
+        options = settings.load_options(source.name)
+        overrides = settings.per_model.get(source.name)
+        options.workers = workers or (overrides.workers if overrides and overrides.workers else settings.default_workers)
+        options.registry = registry
         if version:
             options.version = version
         try:
-            source = await asyncio.to_thread(resolve, spec, settings.cache_dir)
             model = await asyncio.to_thread(load_model, source, options)
         except BerthingError:
             raise
@@ -127,38 +140,52 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
             except ModelLoadError as exc:
                 raise BadRequest(exc.message) from None
         version = request.query_params.get("model_version") or None
-        workers = _int(request, "initial_workers", settings.default_workers, low=1) or 1
+        workers = _int(request, "initial_workers", None, low=1)
         synchronous = _bool(request, "synchronous", True)
-        key = (name, version or "1.0")
-        if name and (key in loading or any(m.version == key[1] for m in _versions(name))):
-            raise Conflict(f"model '{name}' version '{key[1]}' is already registered")
-        spec = f"{name}={path}" if name else path
+        try:  # quick (a package is extracted and checked here): its errors answer this request, even asynchronous
+            source = await asyncio.to_thread(resolve, f"{name}={path}" if name else path, settings.cache_dir)
+        except BerthingError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot open model source {url!r}: {type(exc).__name__}: {exc}") from exc
+        key = (source.name, version or source.version or "1.0")
+        if pending.get(key, {}).get("status") == "LOADING" or any(m.version == key[1] for m in _versions(key[0])):
+            raise Conflict(f"model '{key[0]}' version '{key[1]}' is already registered")
+        pending[key] = {"modelName": key[0], "modelVersion": key[1], "modelUrl": url, "status": "LOADING"}
 
         async def finish() -> Model:
-            loading.add(key)
             try:
-                model = await load(spec, version, workers, url)
+                model = await load(source, version, workers, url)
                 registry.add(model, make_default=False, replace=False)
-            finally:
-                loading.discard(key)
+            except BerthingError as error:
+                pending[key].update(status="FAILED", error=error.to_dict())
+                raise
+            except Exception as exc:
+                pending[key].update(status="FAILED", error=BerthingError(f"{type(exc).__name__}: {exc}").to_dict())
+                raise
+            pending.pop(key, None)
             model.start(metrics.watch(model))
             log.info("registered %s v%s from %s", model.name, model.version, url)
             return model
 
         if synchronous:
             model = await finish()
-            return _json({"status": f'Model "{model.name}" Version: {model.version} registered with {workers} initial workers'})
+            pending.pop(key, None)  # a synchronous failure is answered here, not kept
+            return _json(
+                {"status": f'Model "{model.name}" Version: {model.version} registered with {len(model.runtimes)} initial workers'}
+            )
 
         async def in_background() -> None:
             try:
                 await finish()
-            except BerthingError as error:
-                log.error("registering %s failed: %s", url, error.message)
+            except Exception as error:  # noqa: BLE001 - kept as FAILED for GET /models/{name}
+                log.error("registering %s failed: %s", url, getattr(error, "message", error))
 
         task = asyncio.create_task(in_background())
         background.add(task)
         task.add_done_callback(background.discard)
-        return _json({"status": f'Model "{name or url}" registration started'}, 202)
+        started = f'Model "{key[0]}" Version: {key[1]} registration started; GET /models/{key[0]}/{key[1]} shows its status'
+        return _json({"status": started}, 202)
 
     def _versions(name: str) -> list[Model]:
         return registry.versions(name) if name in registry.names() else []
@@ -183,6 +210,12 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
 
     async def unregister(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params["version"]
+        entry = pending.get((name, version))
+        if entry is not None and entry["status"] == "FAILED":
+            del pending[(name, version)]
+            return _json({"status": f'Failed registration of model "{name}" version {version} cleared'})
+        if entry is not None:
+            raise Conflict(f"model '{name}' version '{version}' is still loading; delete it once it is READY or FAILED")
         model = registry.remove(name, version)  # new requests 404 from here on
         await model.retire()
         metrics.forget(model)

@@ -32,7 +32,9 @@ def load_registry(settings: Settings, console: Console) -> Registry:
                 if not console.is_terminal:  # logs should still say that an export happened
                     console.print(f"{name}: {message}")
 
-            model = load_model(source, settings.load_options(), progress=progress)
+            options = settings.load_options(source.name)
+            options.registry = registry
+            model = load_model(source, options, progress=progress)
         registry.add(model)
         console.print(
             f"[green]✓[/] {model.name} v{model.version}: task={model.spec.task} runtime={model.runtimes[0].name} "
@@ -68,22 +70,22 @@ def _drained_server_class():
 
 
 class PortRouter:
-    """One ASGI app for one uvicorn server with two sockets: the management port goes to the management app.
+    """One ASGI app for one uvicorn server with several sockets: each port's requests go to its own app.
 
-    One server means one event loop, one lifespan (the inference app's) and one SIGTERM drain for both."""
+    One server means one event loop, one lifespan (the inference app's) and one SIGTERM drain for all of them."""
 
-    def __init__(self, inference: Any, management: Any, management_port: int) -> None:
-        self.inference, self.management, self.management_port = inference, management, management_port
+    def __init__(self, inference: Any, by_port: dict[int, Any]) -> None:
+        self.inference, self.by_port = inference, by_port
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         server = scope.get("server") or (None, None)
-        app = self.management if scope["type"] != "lifespan" and server[1] == self.management_port else self.inference
+        app = self.inference if scope["type"] == "lifespan" else self.by_port.get(server[1], self.inference)
         await app(scope, receive, send)
 
 
 def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list[socket.socket], str | None]:
-    """Check the management address, write the key file, bind both ports; the router serves both apps."""
-    from berthing.server.app import create_app
+    """Check the management address, write the key file, bind the ports (inference, management, metrics if asked)."""
+    from berthing.server.app import create_app, create_metrics_app
     from berthing.server.management import create_management_app
     from berthing.server.metrics import Metrics
     from berthing.server.security import check_bind, prepare_token
@@ -93,12 +95,13 @@ def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list
     metrics = Metrics()
     sock = bind(settings.host, settings.port)
     management_sock = bind(settings.management_host, settings.management_port)
-    router = PortRouter(
-        create_app(registry, settings, metrics),
-        create_management_app(registry, settings, metrics, token),
-        management_sock.getsockname()[1],
-    )
-    return router, [sock, management_sock], token
+    sockets = [sock, management_sock]
+    by_port = {management_sock.getsockname()[1]: create_management_app(registry, settings, metrics, token)}
+    if settings.metrics_port is not None:
+        metrics_sock = bind(settings.metrics_host, settings.metrics_port)
+        sockets.append(metrics_sock)
+        by_port[metrics_sock.getsockname()[1]] = create_metrics_app(metrics)
+    return PortRouter(create_app(registry, settings, metrics), by_port), sockets, token
 
 
 def serve(settings: Settings, console: Console | None = None) -> None:
@@ -118,6 +121,10 @@ def serve(settings: Settings, console: Console | None = None) -> None:
     auth = "token in the key file" if token else "no token"
     m_shown = f"[{m_host}]" if ":" in m_host else m_host
     console.print(f"management API at http://{m_shown}:{m_port} ({auth})")
+    if len(sockets) > 2:
+        x_host, x_port = sockets[2].getsockname()[:2]
+        x_shown = f"[{x_host}]" if ":" in x_host else x_host
+        console.print(f"metrics at http://{x_shown}:{x_port}/metrics (and on the inference port)")
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -44,6 +44,19 @@ class _TextForms:
     parse_object = staticmethod(parse_object)
 
 
+def decode_body(body: bytes, content_type: str) -> Any:
+    """The body as a value: parsed JSON when it is JSON, else the UTF-8 text; an empty body is a 400."""
+    body = body.removeprefix(_BOM)  # Windows tools prepend one; RFC 8259 lets a parser ignore it
+    if not body.strip():
+        raise BadRequest(EMPTY_BODY)
+    if not _is_json(content_type, body):
+        text = _decode(body)
+        if not text.strip():
+            raise BadRequest(EMPTY_BODY)
+        return text
+    return _parse_json(body)
+
+
 def parse_request(
     body: bytes, content_type: str, max_items: int, task: InputForms | None = None
 ) -> tuple[list[TextInput], bool, dict[str, Any]]:
@@ -52,16 +65,7 @@ def parse_request(
     Which JSON fields hold the input is the task's to say (QA takes question/context, rerank query/texts).
     """
     forms: InputForms = task or _TextForms()
-    body = body.removeprefix(_BOM)  # Windows tools prepend one; RFC 8259 lets a parser ignore it
-    if not _is_json(content_type, body):
-        text = _decode(body)
-        if not text.strip():
-            raise BadRequest(EMPTY_BODY)
-        inputs, single = forms.parse(text, "body", max_items)
-        return inputs, single, {}
-    if not body.strip():
-        raise BadRequest(EMPTY_BODY)
-    data = _parse_json(body)
+    data = decode_body(body, content_type)
     if isinstance(data, list | str):
         inputs, single = forms.parse(data, "body", max_items)
         return inputs, single, {}
@@ -78,3 +82,13 @@ def encode_result(results: list[Any], single: bool) -> bytes:
 def dumps(data: Any) -> bytes:
     """JSON bytes for any other answer."""
     return orjson.dumps(data, option=_DUMP_OPTIONS)
+
+
+def dump_result(value: Any) -> bytes:
+    """A custom handler's result as JSON; a value JSON cannot hold is the handler's fault (500), said plainly."""
+    try:
+        return orjson.dumps(value, option=_DUMP_OPTIONS)
+    except TypeError as exc:
+        from berthing.handler import HandlerError
+
+        raise HandlerError(f"custom handler returned a value that is not JSON-serializable: {exc}") from None
