@@ -45,6 +45,10 @@ def serve(
         list[str] | None,
         typer.Argument(help="NAME=SOURCE or SOURCE (checkpoint folder, hub id); none = the default model 'minilm'."),
     ] = None,
+    models_option: Annotated[
+        list[str] | None,
+        typer.Option("--models", help="Like the arguments, TorchServe-style: NAME=FILE in --model-store, or 'all'."),
+    ] = None,
     host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
     task: Annotated[str | None, typer.Option(help=_help("task"))] = None,
@@ -82,8 +86,9 @@ def serve(
     """Serve models over HTTP (TorchServe-compatible inference API, /metrics, /openapi.json; management API)."""
     from berthing.server.runner import serve as run_server
 
+    named = [part.strip() for item in [*(models or []), *(models_option or [])] for part in item.split(",") if part.strip()]
     settings = _settings(
-        models=models, host=host, port=port, task=task, runtime=runtime, workers=workers, threads=threads,
+        models=named, host=host, port=port, task=task, runtime=runtime, workers=workers, threads=threads,
         cache_dir=cache_dir, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, max_body_bytes=max_body_bytes,
         log_level=log_level, config_file=config, allow_pickle=allow_pickle, model_store=model_store,

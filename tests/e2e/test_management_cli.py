@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -63,3 +66,30 @@ def test_config_file_per_model_settings_and_metrics_address(settings: Settings, 
         assert (refused.status_code, refused.json()) == (
             404, {"code": 404, "type": "NotFound", "message": "no route for POST /predictions/s (routes: /metrics)"}
         )
+
+
+def test_models_all_and_names_relative_to_the_store(settings: Settings, tiny_model_dir, tmp_path: Path) -> None:
+    from berthing.packaging.package import pack
+
+    store = tmp_path / "store"
+    for version in ("2.0", "10.0"):
+        pack(tiny_model_dir("classify"), store, "s", version)
+    shutil.copytree(tiny_model_dir("embed"), store / "embed")
+    (store / "notes.txt").write_text("not a model")
+    env = {"BERTHING_CACHE_DIR": str(settings.cache_dir)}
+    with cli_server(["--model-store", str(store), "--models", "all"], env) as (proc, url):
+        for path in ("s/2.0", "s/10.0", "s", "embed"):
+            assert httpx.post(f"{url}/predictions/{path}", json=["good"]).status_code == 200, path
+        admin = re.search(r"management API at (http://127\.0\.0\.1:\d+)", proc.startup_output)
+        assert admin, proc.startup_output
+        auth = {"authorization": f"Bearer {json.loads((store / 'key_file.json').read_text())['management']['key']}"}
+        versions = httpx.get(f"{admin.group(1)}/models/s", headers=auth).json()
+        assert {(v["modelVersion"], v["isDefault"]) for v in versions} == {("2.0", False), ("10.0", True)}
+    with cli_server(["--model-store", str(store), "--models", "old=s-2.0.berth"], env) as (_proc, url):
+        assert httpx.post(f"{url}/predictions/old/2.0", json=["good"]).status_code == 200
+    refused = subprocess.run(
+        [sys.executable, "-m", "berthing.cli", "serve", "--models", "all", "--port", "0"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env, "BERTHING_MANAGEMENT_PORT": "0"},
+    )
+    assert refused.returncode == 1
+    assert "--models all loads every model of the model store: give --model-store too" in refused.stderr

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -15,15 +17,52 @@ from berthing.engine.model import load_model
 from berthing.packaging.sources import resolve
 from berthing.registry import Registry
 from berthing.runtime.threads import available_cores
+from berthing.types import ModelLoadError
 
 GRACEFUL_SHUTDOWN_S = 60
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key where sentiment-2.0 comes before sentiment-10.0."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def store_entries(store: Path) -> list[Path]:
+    """What `--models all` serves: every .berth archive, package folder and checkpoint folder in the store."""
+    from berthing.packaging.package import is_package
+
+    if not store.is_dir():
+        raise ModelLoadError(f"model store {store} is not a folder")
+    found = [p for p in store.iterdir() if not p.name.startswith(".") and (is_package(p) or (p / "config.json").is_file())]
+    return sorted(found, key=lambda p: _natural(p.name))
+
+
+def model_specs(settings: Settings) -> list[str | None]:
+    """The models to load at start: `all` expands to the store's entries; relative sources are looked up in the store
+    first, as TorchServe's --models names files of its --model-store."""
+    store = settings.model_store
+    if not settings.models:
+        return [] if store else [None]
+    specs: list[str | None] = []
+    for spec in settings.models:
+        if spec == "all":
+            if store is None:
+                raise ModelLoadError("--models all loads every model of the model store: give --model-store too")
+            specs.extend(str(p) for p in store_entries(store))
+            continue
+        name, sep, source = spec.partition("=")
+        if not sep:
+            name, source = "", spec
+        if store is not None and source and not Path(source).is_absolute() and (store / source).exists():
+            source = str(store / source)
+        specs.append(f"{name}={source}" if name else source)
+    return specs
 
 
 def load_registry(settings: Settings, console: Console) -> Registry:
     """Load the configured models (the default model when none is named), with a spinner per model."""
     registry = Registry()
-    specs: list[str | None] = list(settings.models) or ([] if settings.model_store else [None])
-    for spec in specs:
+    for spec in model_specs(settings):
         source = resolve(spec, settings.cache_dir)
         with console.status(f"loading {source.name} from {source.path}") as status:
 
