@@ -16,6 +16,10 @@ from tests.support import models as tiny
 from tests.support.http import clone
 from tests.support.servers import ThreadServer
 
+# Most tests check fp32 parity with PyTorch to 1e-4, so their models load unoptimized (in this process and in every
+# `berthing serve`/`pack` they start); tests of optimization pass their level, and test_config checks the default.
+os.environ.setdefault("BERTHING_OPTIMIZE", "none")
+
 CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
 
 

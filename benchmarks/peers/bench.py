@@ -73,15 +73,18 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)) or 1e-12)
 
 
-def compare(vectors: list[list[float]], reference: list[list[float]]) -> dict[str, Any]:
-    """Cosine to the reference for each text; passes when every one is >= COSINE_MIN."""
+def compare(
+    vectors: list[list[float]], reference: list[list[float]], floor: float = COSINE_MIN, mean_floor: float = 0.0
+) -> dict[str, Any]:
+    """Cosine to the reference for each text; passes when every one is >= floor (and their mean >= mean_floor)."""
     if len(vectors) != len(reference):
         return {"ok": False, "why": f"{len(vectors)} vectors for {len(reference)} texts"}
     if any(len(v) != len(r) for v, r in zip(vectors, reference, strict=True)):
         return {"ok": False, "why": f"dimension {len(vectors[0])}, expected {len(reference[0])}"}
     cos = [cosine(v, r) for v, r in zip(vectors, reference, strict=True)]
     norms = [math.sqrt(sum(x * x for x in v)) for v in vectors]
-    return {"ok": min(cos) >= COSINE_MIN, "texts": len(cos), "min_cosine": round(min(cos), 6),
+    ok = min(cos) >= floor and sum(cos) / len(cos) >= mean_floor
+    return {"ok": ok, "gate": floor, "texts": len(cos), "min_cosine": round(min(cos), 6),
             "mean_cosine": round(sum(cos) / len(cos), 6), "norm_min": round(min(norms), 4), "norm_max": round(max(norms), 4)}
 
 
@@ -226,7 +229,7 @@ class Session:
                 single = self.system.vectors(body, 1, single=True) if status == 200 else []
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:
             return {"ok": False, "why": f"{type(exc).__name__}: {exc}"}
-        verdict = compare(got, reference)
+        verdict = compare(got, reference, self.system.cosine_min, self.system.cosine_mean)
         if single:
             one = cosine(single[0], reference[0])
             verdict["single_text_cosine"] = round(one, 6)

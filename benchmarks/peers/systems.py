@@ -74,6 +74,8 @@ class System:
     label = ""  # one line for the report
     http = True
     path = f"/predictions/{MODEL_NAME}"
+    cosine_min = 0.999  # correctness gate against sentence-transformers (fp32 systems)
+    cosine_mean = 0.0
 
     @property
     def venv(self) -> Path:
@@ -112,8 +114,20 @@ def _check_rows(rows: Any, n: int) -> list[list[float]]:
 
 
 class Berthing(System):
-    name = peer = "berthing"
-    label = "berthing serve (ONNX Runtime fp32, dynamic batching, defaults)"
+    """`berthing serve` with all defaults (auto: the int8 graph that passed verification against PyTorch, gated here by
+    the same thresholds it was verified with), or with `--optimize none` (fp32, gated like the other fp32 systems)."""
+
+    peer = "berthing"
+
+    def __init__(self, optimize: str = "auto") -> None:
+        self.optimize = optimize
+        self.name = "berthing" if optimize == "auto" else f"berthing-{'fp32' if optimize == 'none' else optimize}"
+        self.label = (
+            "berthing serve, defaults (ONNX Runtime, --optimize auto: verified int8, token-budget batching)"
+            if optimize == "auto" else f"berthing serve --optimize {optimize} (otherwise defaults)"
+        )
+        if optimize != "none":
+            self.cosine_min, self.cosine_mean = 0.98, 0.995  # berthing's own verification thresholds
 
     @property
     def venv(self) -> Path:
@@ -125,6 +139,8 @@ class Berthing(System):
     def launch(self, port: int) -> Launch:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTHING_")}  # defaults, not the caller's
         cmd = [str(self.venv / "bin" / "berthing"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if self.optimize != "auto":
+            cmd += ["--optimize", self.optimize]
         return Launch(cmd, REPO, env, port)
 
     def versions(self) -> dict[str, str | None]:
@@ -312,6 +328,7 @@ class SentenceTransformers(System):
 def all_systems() -> dict[str, System]:
     """Every variant, in run order (the reference first). `--systems torchserve` selects both TorchServe variants."""
     # TorchServe with 2 workers and batching on (b32-w2) was tried and lost to all three below (45-69 sentences/s).
-    systems: list[System] = [SentenceTransformers(), Berthing(), TorchServe(1), TorchServe(32), TorchServe(1, workers=2),
+    systems: list[System] = [SentenceTransformers(), Berthing(), Berthing("none"),
+                             TorchServe(1), TorchServe(32), TorchServe(1, workers=2),
                              Infinity("optimum"), Infinity("torch")]
     return {s.name: s for s in systems}

@@ -39,6 +39,16 @@ def _settings(**flags: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _threshold_flags(items: list[str] | None) -> dict[str, str] | None:
+    from berthing.packaging.tune import parse_threshold_flags
+
+    try:
+        return parse_threshold_flags(items) or None
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     models: Annotated[
@@ -78,6 +88,15 @@ def serve(
     trust_handlers: Annotated[bool | None, typer.Option("--trust-handlers", help=_help("trust_handlers"))] = None,
     metrics_host: Annotated[str | None, typer.Option(help=_help("metrics_host"))] = None,
     metrics_port: Annotated[int | None, typer.Option(help=_help("metrics_port"))] = None,
+    optimize: Annotated[str | None, typer.Option(help=_help("optimize"))] = None,
+    optimize_force: Annotated[bool | None, typer.Option("--optimize-force", help=_help("optimize_force"))] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration-file", "--calibration", help=_help("calibration_file"))
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", "--thresholds", help="NAME=VALUE, repeatable. " + _help("thresholds")),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", help="TOML settings file (env BERTHING_CONFIG_FILE); \\[per_model.NAME] tables for one model"),
@@ -95,7 +114,8 @@ def serve(
         management_host=management_host, management_port=management_port, management_token=management_token,
         management_token_file=management_token_file, management_auth=management_auth, inference_token=inference_token,
         allowed_sources=allowed_sources, default_workers=default_workers, trust_handlers=trust_handlers,
-        metrics_host=metrics_host, metrics_port=metrics_port,
+        metrics_host=metrics_host, metrics_port=metrics_port, optimize=optimize, optimize_force=optimize_force,
+        calibration_file=calibration, thresholds=_threshold_flags(threshold),
     )
     try:
         run_server(settings, console)
@@ -124,12 +144,33 @@ def pack(
         bool, typer.Option("--allow-pickle", help="Accept pytorch_model.bin (loaded with torch's weights-only loader).")
     ] = False,
     from_mar: Annotated[Path | None, typer.Option("--from-mar", help="Pack a TorchServe .mar instead of a folder.")] = None,
+    optimize: Annotated[
+        str,
+        typer.Option(
+            envvar="BERTHING_OPTIMIZE",
+            help="auto (the fastest level that passes verification against PyTorch), none, fused or int8.",
+        ),
+    ] = "auto",
+    calibration: Annotated[
+        Path | None, typer.Option(help="Texts, one a line, for int8 calibration and verification (default: built-in sample).")
+    ] = None,
+    threshold: Annotated[
+        list[str] | None, typer.Option(help="Verification threshold NAME=VALUE (repeatable), e.g. cosine_min=0.97 or ...=off.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Keep the requested level even if it fails verification.")] = False,
 ) -> None:
-    """Export a checkpoint once and write NAME-VERSION.berth: ONNX, tokenizer, spec, checksums; serving needs no torch."""
+    """Export a checkpoint, optimize and verify it, write NAME-VERSION.berth (ONNX, tokenizer, spec, figures, checksums)."""
     import tempfile
 
     from berthing.packaging.package import pack as build
+    from berthing.packaging.tune import OptimizeRequest, summary
 
+    thresholds = _threshold_flags(threshold)
+    try:
+        request = OptimizeRequest(optimize, calibration, thresholds or {}, force)
+    except BerthingError as exc:  # a wrong flag: usage error, before any export
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
     try:
         with tempfile.TemporaryDirectory(prefix="berthing-pack-") as work:
             label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
@@ -150,16 +191,24 @@ def pack(
                 raise BerthingError("pack needs a CHECKPOINT folder (or --from-mar FILE) and --name")
             if not checkpoint.is_dir():
                 raise BerthingError(f"{checkpoint} is not a checkpoint folder")
-            with console.status(f"packing {name}-{version or '1.0'}: exporting to ONNX and checking it against PyTorch"):
+            with console.status(f"packing {name}-{version or '1.0'}") as status:
+
+                def progress(message: str) -> None:
+                    status.update(f"packing {name}-{version or '1.0'}: {message}")
+                    if not console.is_terminal:
+                        console.print(f"{name}: {message}")
+
                 path, manifest = build(
                     checkpoint, output, name, version or "1.0", archive=not no_archive, task=task, labels=label_list,
                     labels_origin=origin, handler=handler, allow_pickle=allow_pickle, source=source,
+                    optimize=request, progress=progress,
                 )
     except BerthingError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from None
     error = manifest["verification"]["max_abs_error"]
     console.print(f"[green]✓[/] {path} ({manifest['task']}, ONNX max abs error vs PyTorch {error:.1e})")
+    console.print(f"  {summary(manifest.get('optimization'))}")
     typer.echo(str(path))
 
 
@@ -186,14 +235,45 @@ def inspect(
     out = Console(soft_wrap=True)
     table = Table(title=f"{manifest['name']}-{manifest['version']}", show_header=False)
     for key, value in manifest.items():
-        if key != "files":
+        if key not in ("files", "optimization"):
             table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     out.print(table)
+    _print_optimization(out, manifest.get("optimization"))
     files = Table("file", "bytes")
     files.add_column("sha256", overflow="fold")
     for rel, entry in manifest["files"].items():
         files.add_row(rel, str(entry.get("size", "")), entry["sha256"])
     out.print(files)
+
+
+def _print_optimization(out: Console, record: dict[str, Any] | None) -> None:
+    """The optimization record as a table: every level tried, its figures against PyTorch, speed and size."""
+    from rich.table import Table
+
+    if not record:
+        out.print("optimization: none recorded (fp32 export, checked against PyTorch on the export's check batches)")
+        return
+    calib = record.get("calibration", {})
+    title = (
+        f"optimization: {record['level']} (requested {record['requested']}"
+        f"{', FORCED past its thresholds' if record.get('forced') else ''}); verified against {record.get('reference')} "
+        f"on {calib.get('texts')} texts ({calib.get('source')}); thresholds "
+        + ", ".join(f"{k} {v}" for k, v in record.get("thresholds", {}).items())
+    )
+    table = Table("level", "passed", "inputs/s", "figures", "size MB", title=title, title_justify="left")
+    for level in record.get("levels", []):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in level.get("metrics", {}).items())
+        if level.get("failed"):
+            figures += " (" + "; ".join(level["failed"]) + ")"
+        if level.get("error"):
+            figures = f"not built: {level['error']}"
+        size = level.get("size_bytes")
+        mark = "*" if level["level"] == record["level"] else ""
+        table.add_row(
+            f"{level['level']}{mark}", "yes" if level["passed"] else "NO", f"{level.get('inputs_per_s', 0):.0f}", figures,
+            f"{size / 1e6:.1f}" if size else "",
+        )
+    out.print(table)
 
 
 @app.command()

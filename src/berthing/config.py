@@ -17,6 +17,8 @@ from pydantic_settings import (
 
 from berthing.engine.batcher import BatchLimits
 from berthing.engine.model import LoadOptions
+from berthing.packaging.tune import OptimizeRequest, parse_thresholds
+from berthing.types import BerthingError
 
 
 def _default_cache_dir() -> Path:
@@ -37,6 +39,7 @@ class ModelOverrides(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float | None = Field(None, ge=0, le=1000)
     max_queue: int | None = Field(None, ge=1)
+    optimize: Literal["auto", "none", "fused", "int8"] | None = None
 
 
 class Settings(BaseSettings):
@@ -90,6 +93,19 @@ class Settings(BaseSettings):
     per_model: dict[str, ModelOverrides] = Field(
         default_factory=dict, description="Settings for one model by name, over the global ones (TOML [per_model.NAME])."
     )
+    optimize: Literal["auto", "none", "fused", "int8"] = Field(
+        "auto",
+        description="Optimization of a checkpoint's ONNX graph at first load (cached): auto = the fastest level "
+        "that passes verification against PyTorch; none = fp32 as exported. Packages keep the level they were packed with.",
+    )
+    optimize_force: bool = Field(False, description="Serve the requested optimization level even if it fails verification.")
+    calibration_file: Path | None = Field(
+        None, description="Texts (one a line) that int8 calibrates on and verification runs; default: a built-in sample."
+    )
+    thresholds: dict[str, float | str] = Field(
+        default_factory=dict,
+        description="Verification thresholds, e.g. cosine_min=0.97, label_agreement=off (names: see docs/optimization.md).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     config_file: Path | None = Field(None, description="TOML file with any of these settings.")
 
@@ -98,6 +114,15 @@ class Settings(BaseSettings):
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float | str]) -> dict[str, float | str]:
+        try:
+            parse_thresholds(value)
+        except BerthingError as exc:
+            raise ValueError(exc.message) from None
         return value
 
     @classmethod
@@ -143,4 +168,5 @@ class Settings(BaseSettings):
             limits=self.batch_limits(name),
             allow_pickle=self.allow_pickle,
             trust_handlers=self.trust_handlers,
+            optimize=OptimizeRequest(merged["optimize"], self.calibration_file, dict(self.thresholds), self.optimize_force),
         )

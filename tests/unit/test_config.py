@@ -60,3 +60,39 @@ def test_per_model_settings_are_checked(tmp_path: Path) -> None:
     toml.write_text("[per_model.sentiment]\nworkers = 0\n")
     with pytest.raises(ValueError, match=r"per_model\.sentiment\.workers"):
         Settings(config_file=toml)
+
+
+def test_optimize_defaults_to_auto_and_reaches_the_loader(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from berthing.packaging.tune import OptimizeRequest
+
+    monkeypatch.delenv("BERTHING_OPTIMIZE", raising=False)  # the test suite sets it to none for its fp32 parity tests
+    assert Settings().optimize == "auto" and Settings().load_options().optimize == OptimizeRequest("auto")
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("one\ntwo\n", encoding="utf-8")
+    monkeypatch.setenv("BERTHING_THRESHOLDS", '{"cosine_min": 0.97, "label_agreement": "off"}')
+    settings = Settings(optimize="int8", calibration_file=calibration, optimize_force=True)
+    wanted = OptimizeRequest("int8", calibration, {"cosine_min": 0.97, "label_agreement": "off"}, True)
+    assert settings.load_options().optimize == wanted
+    toml = tmp_path / "b.toml"
+    toml.write_text('optimize = "fused"\n[per_model.exact]\noptimize = "none"\n', encoding="utf-8")
+    monkeypatch.delenv("BERTHING_THRESHOLDS")
+    from_file = Settings(config_file=toml)
+    assert from_file.load_options("any").optimize.level == "fused" and from_file.load_options("exact").optimize.level == "none"
+    with pytest.raises(ValueError, match="unknown verification threshold 'cos'"):
+        Settings(thresholds={"cos": 1})
+    with pytest.raises(ValueError, match="threshold cosine_min must be a number or 'off', not 'high'"):
+        Settings(thresholds={"cosine_min": "high"})
+
+
+def test_the_cache_key_of_an_optimized_artifact_follows_everything_that_shapes_it(tmp_path: Path) -> None:
+    from berthing.packaging.tune import OptimizeRequest
+
+    calibration = tmp_path / "texts.txt"
+    calibration.write_text("one\n", encoding="utf-8")
+    keys = {
+        OptimizeRequest("auto").key(), OptimizeRequest("int8").key(), OptimizeRequest("int8", force=True).key(),
+        OptimizeRequest("int8", thresholds={"cosine_min": 0.9}).key(), OptimizeRequest("int8", calibration).key(),
+    }
+    assert len(keys) == 5 and OptimizeRequest("int8").key() == OptimizeRequest("int8", thresholds={}).key()
+    calibration.write_text("two\n", encoding="utf-8")
+    assert OptimizeRequest("int8", calibration).key() not in keys  # the file's content, not its name

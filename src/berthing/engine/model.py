@@ -43,6 +43,7 @@ class LoadOptions:
     allow_pickle: bool = False
     trust_handlers: bool = False  # run a package's handler.py (its own Python code)
     registry: Any = None  # the server's Registry, handed to custom handlers for ensembles
+    optimize: Any = None  # tune.OptimizeRequest for a checkpoint's first load; None serves the fp32 export
 
 
 class Model:
@@ -71,6 +72,7 @@ class Model:
         self.batcher: Batcher | None = None
         self.make_runtime: Callable[[], Runtime] | None = None  # set by load_model; scaling up needs it
         self.memory_bytes = 0  # size of the model file the runtimes load (ONNX or weights), per worker
+        self.optimization: dict[str, Any] | None = None  # the artifact's optimization record (berthing.json)
         self._runners: dict[int, Callable[[list[Encoded]], np.ndarray]] = {}
         self.url = str(source)  # what it was registered from, as the management API lists it
         self.retired = False
@@ -274,8 +276,9 @@ def load_model(
     else:
         if not is_artifact(folder):
             check_served(read_checkpoint(folder, options.task).task, source.name)  # before a useless export
-        artifact = prepare(folder, options.task, options.cache_dir, progress, options.allow_pickle)
-        spec = ModelSpec.from_dict(json.loads((artifact / "berthing.json").read_text("utf-8")))
+        artifact = prepare(folder, options.task, options.cache_dir, progress, options.allow_pickle, options.optimize)
+        meta = json.loads((artifact / "berthing.json").read_text("utf-8"))
+        spec = ModelSpec.from_dict(meta)
     check_served(spec.task, source.name)
     encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
     workers = max(1, options.workers)
@@ -285,6 +288,7 @@ def load_model(
         source.name, source.version or options.version, spec, encoder, runtimes, options.limits, folder,
         time.perf_counter() - started,
     )
+    model.optimization = meta.get("optimization") if options.runtime == "onnx" else None
     model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
     weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
     model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())

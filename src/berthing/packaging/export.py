@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from berthing.packaging.checkpoint import ModelSpec, read_checkpoint
 from berthing.types import ModelLoadError
@@ -279,9 +280,46 @@ def export(
 
 
 def prepare(
-    folder: Path, task: str | None, cache_dir: Path, progress: Progress | None = None, allow_pickle: bool = False
+    folder: Path,
+    task: str | None,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    allow_pickle: bool = False,
+    optimize: Any = None,
 ) -> Path:
-    """A checkpoint folder or an artifact folder in, an artifact folder out."""
+    """A checkpoint folder or an artifact folder in, an artifact folder out (optimized once when asked, cached).
+
+    `optimize` is a tune.OptimizeRequest; None or level "none" serves the fp32 export. Artifacts and packages are
+    served as they were built."""
     if is_artifact(folder):
         return folder
-    return export(folder, read_checkpoint(folder, task), cache_dir, progress, allow_pickle)
+    spec = read_checkpoint(folder, task)
+    base = export(folder, spec, cache_dir, progress, allow_pickle)
+    if optimize is None or optimize.level == "none":
+        return base
+    return optimized(folder, spec, base, optimize, progress, allow_pickle)
+
+
+def optimized(
+    folder: Path, spec: ModelSpec, base: Path, request: Any, progress: Progress | None = None, allow_pickle: bool = False
+) -> Path:
+    """The cached optimized artifact of an fp32 export, built (optimized and verified) the first time."""
+    from berthing.packaging.tune import tune
+
+    target = base.with_name(f"{base.name}-{request.key()}")
+    if is_artifact(target):
+        return target
+    say = progress or (lambda _msg: None)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name in ("model.onnx", "tokenizer.json", "berthing.json"):
+            shutil.copyfile(base / name, tmp / name)
+        tune(folder, spec, tmp, request, allow_pickle=allow_pickle, progress=lambda m: say(f"{m} (once, cached)"))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not is_artifact(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

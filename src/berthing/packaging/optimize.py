@@ -595,6 +595,7 @@ def choose(
     num_heads: int = 0,
     tolerance: float = 0.05,
     rounds: int = 3,
+    progress: Any = None,
 ) -> Choice:
     """The fastest level that passes verification, with every level's report and speed.
 
@@ -605,14 +606,17 @@ def choose(
     """
     from berthing.packaging import verify as v
 
+    say = progress or (lambda _message: None)
     tok = tokenizer or src_onnx.parent / "tokenizer.json"
     sample = v.read_texts_or_default(texts)
     ref_model = v.as_model(reference if reference is not None else src_onnx, spec, tok, threads)
     inputs, options = v.task_inputs(spec.task, sample)
+    say(f"running the reference on {len(inputs)} calibration inputs")
     ref_results = ref_model.predict(inputs, **options)
     results: list[LevelResult] = []
     models: dict[str, Any] = {}
     for level in levels:
+        say(f"optimizing: {level}, then verifying it")
         try:
             done = optimize_with_record(
                 src_onnx, level, work_dir / level, spec, config=config, tokenizer=tok,
@@ -627,7 +631,9 @@ def choose(
         )
         models[level] = model
         results.append(LevelResult(level, str(done.path), report.passed, 0.0, report.to_dict(), done.record))
-    speeds = v.interleaved_speeds(models, inputs, options, rounds) if models else {}
+    if len(models) > 1:
+        say(f"timing {', '.join(models)} on the calibration inputs")
+    speeds = v.interleaved_speeds(models, inputs, options, rounds if len(models) > 1 else 1) if models else {}
     for r in results:
         r.speed = round(speeds.get(r.level, 0.0), 1)
     passing = [r for r in results if r.passed]

@@ -71,8 +71,12 @@ def build_package(
     handler: Path | None = None,
     allow_pickle: bool = False,
     source: dict[str, Any] | None = None,
+    optimize: Any = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Export `checkpoint` into the empty folder `target` and write its manifest; return the manifest."""
+    """Export `checkpoint` into the empty folder `target` and write its manifest; return the manifest.
+
+    `optimize` (a tune.OptimizeRequest) picks and verifies the graph's optimization level; None keeps fp32."""
     import berthing
     from berthing.packaging.export import check_weights, write_artifact
     from berthing.packaging.sources import check_name
@@ -90,7 +94,14 @@ def build_package(
         except (SyntaxError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"handler {handler} does not compile: {exc}") from None
         shutil.copy2(handler, target / "handler.py")
+    if progress:
+        progress("exporting to ONNX and checking it against PyTorch")
     verification = write_artifact(checkpoint, spec, target, allow_pickle)
+    optimization = None
+    if optimize is not None:
+        from berthing.packaging.tune import tune
+
+        optimization = tune(checkpoint, spec, target, optimize, allow_pickle=allow_pickle, progress=progress)
     files = {
         p.relative_to(target).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in sorted(target.rglob("*"))
@@ -110,6 +121,7 @@ def build_package(
         "files": files,
         "handler": "handler.py" if handler is not None else None,
         "verification": verification,
+        "optimization": optimization,
         "berthing_version": berthing.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source or {"checkpoint": checkpoint.name},

@@ -61,6 +61,8 @@ def model_specs(settings: Settings) -> list[str | None]:
 
 def load_registry(settings: Settings, console: Console) -> Registry:
     """Load the configured models (the default model when none is named), with a spinner per model."""
+    from berthing.packaging.tune import summary
+
     registry = Registry()
     for spec in model_specs(settings):
         source = resolve(spec, settings.cache_dir)
@@ -80,6 +82,8 @@ def load_registry(settings: Settings, console: Console) -> Registry:
             f"workers={len(model.runtimes)} threads/worker={model.runtimes[0].threads} "
             f"max_length={model.spec.max_length} loaded in {model.load_seconds:.2f}s"
         )
+        if model.runtimes[0].name == "onnx":
+            console.print(f"  {summary(model.optimization)}")
     return registry
 
 
