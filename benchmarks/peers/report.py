@@ -42,7 +42,8 @@ def best_table(results: list[SystemResult], cases: list[str]) -> str:
                 cells.append("failed" if failed else "n/a")
                 continue
             c, r = max(got, key=lambda cr: cr[0].sentences_per_s)
-            which = f" `{r.system.split('-', 1)[1]}`" if len(mine) > 1 else ""
+            variant = r.system.split("-", 1)[1] if "-" in r.system else "default"
+            which = f" `{variant}`" if len(mine) > 1 else ""
             flag = " ⚠" if c.other_cpu_pct > NOISY_PCT else ""
             cells.append(f"**{c.sentences_per_s:.0f}** ({c.p50_ms:.0f} / {c.p99_ms:.0f} ms){which}{flag}")
         rows.append(f"| {title} | " + " | ".join(cells) + " |")

@@ -19,7 +19,7 @@ from typing import Any
 from berthing.packaging.checkpoint import ModelSpec, read_checkpoint
 from berthing.types import ModelLoadError
 
-EXPORT_FORMAT = "2"  # bump when the exported graph's contract changes, so caches are rebuilt
+EXPORT_FORMAT = "3"  # bump when the exported graph's contract changes, so caches are rebuilt
 OPSET = 17
 TOLERANCE = 1e-3  # max abs error allowed between ONNX Runtime and PyTorch on the check batches
 CHECK_SHAPES = ((2, 5), (3, 11))  # (batch, length) of the check batches: the traced shape and another
@@ -138,8 +138,10 @@ def check_weights(folder: Path, allow_pickle: bool = False) -> None:
         )
 
 
-def load_torch_model(folder: Path, spec: ModelSpec, allow_pickle: bool = False):
-    """The PyTorch module whose output the runtime serves: the encoder, or the model with its head."""
+def load_torch_model(folder: Path, spec: ModelSpec, allow_pickle: bool = False, attention: str | None = None):
+    """The PyTorch module whose output the runtime serves: the encoder, or the model with its head.
+
+    `attention` picks transformers' attention implementation (None: its default, SDPA where supported)."""
     check_weights(folder, allow_pickle)
     import transformers
     from transformers.utils import logging as hf_logging
@@ -152,7 +154,8 @@ def load_torch_model(folder: Path, spec: ModelSpec, allow_pickle: bool = False):
         "qa": transformers.AutoModelForQuestionAnswering,
     }.get(spec.task, transformers.AutoModel)
     try:
-        model = cls.from_pretrained(str(folder), weights_only=True)
+        extra = {"attn_implementation": attention} if attention else {}
+        model = cls.from_pretrained(str(folder), weights_only=True, **extra)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the weights of {folder}: {exc}") from exc
     return model.eval()
@@ -176,14 +179,16 @@ def _wrapper(model, spec: ModelSpec):
     return Wrapped().eval()
 
 
-def _export_onnx(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False) -> float:
+def _export_onnx(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False, attention: str = "eager") -> float:
     """Run torch's exporter with dynamic batch and sequence axes, then check ORT against torch.
 
     Returns the largest absolute difference seen on the check batches, which packages record."""
     import numpy as np
     import torch
 
-    model = load_torch_model(folder, spec, allow_pickle)
+    # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime runs faster on CPU than the SDPA trace
+    # (IsNaN/Where guards) and which its attention fusion recognizes (benchmarks/README.md, issue 5).
+    model = load_torch_model(folder, spec, allow_pickle, attention=attention)
     wrapped = _wrapper(model, spec)
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if spec.uses_token_types else [])
     output = OUTPUT_NAMES[spec.task]
@@ -232,10 +237,10 @@ def _sample_inputs(batch: int, length: int, vocab: int, pad: int, token_types: b
     return (ids, mask) + ((torch.zeros_like(ids),) if token_types else ())
 
 
-def write_artifact(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False) -> dict:
+def write_artifact(folder: Path, spec: ModelSpec, target: Path, allow_pickle: bool = False, attention: str = "eager") -> dict:
     """Write tokenizer.json, model.onnx and berthing.json into an existing folder; return the verification record."""
     ensure_tokenizer_json(folder, target)
-    err = _export_onnx(folder, spec, target, allow_pickle)
+    err = _export_onnx(folder, spec, target, allow_pickle, attention)
     verification = {
         "method": "onnxruntime vs pytorch on deterministic check batches",
         "batches": [list(shape) for shape in CHECK_SHAPES],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -87,6 +88,18 @@ def load_registry(settings: Settings, console: Console) -> Registry:
     return registry
 
 
+def thread_plan(registry: Registry, cores: int) -> str:
+    """What the server runs on how many cores: ONNX Runtime's threads per model, the tokenizer, the event loop."""
+    models = [registry.get(name) for name in registry.names()]
+    intra = sum(len(m.runtimes) * m.runtimes[0].threads for m in models)
+    tokenizer = "1 thread" if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("false", "0") else "rayon, 1/core"
+    per_model = ", ".join(f"{m.name}: {len(m.runtimes)} worker x {m.runtimes[0].threads}" for m in models)
+    line = f"threads: {cores} cores; {intra} model threads ({per_model or 'no models yet'}); tokenizer {tokenizer}; 1 event loop"
+    if intra > cores:
+        line += " - models busy at the same time share the cores (set --threads or [per_model.NAME] threads to split them)"
+    return line
+
+
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket ourselves so port 0 works and the real port can be printed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -153,8 +166,11 @@ def serve(settings: Settings, console: Console | None = None) -> None:
 
     console = console or Console(stderr=True, soft_wrap=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"berthing: {available_cores()} cores available")
+    # Tokenize on the calling thread: rayon's pool (one thread per core) would compete with ONNX Runtime's intra-op
+    # threads, which already take every core; measured equal or better (benchmarks/README.md, issue 5).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     registry = load_registry(settings, console)
+    console.print(thread_plan(registry, available_cores()))
     app, sockets, token = build_apps(settings, registry)
     host, port = sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
