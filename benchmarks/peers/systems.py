@@ -119,13 +119,14 @@ class Berthing(System):
 
     peer = "berthing"
 
-    def __init__(self, optimize: str = "auto") -> None:
-        self.optimize = optimize
+    def __init__(self, optimize: str = "auto", workers: int = 0) -> None:
+        self.optimize, self.workers = optimize, workers
         self.name = "berthing" if optimize == "auto" else f"berthing-{'fp32' if optimize == 'none' else optimize}"
+        self.name += f"-w{workers}" if workers else ""
         self.label = (
             "berthing serve, defaults (ONNX Runtime, --optimize auto: verified int8, token-budget batching)"
             if optimize == "auto" else f"berthing serve --optimize {optimize} (otherwise defaults)"
-        )
+        ) + (f", --workers {workers} (1 thread each)" if workers else "")
         if optimize != "none":
             self.cosine_min, self.cosine_mean = 0.98, 0.995  # berthing's own verification thresholds
 
@@ -141,6 +142,8 @@ class Berthing(System):
         cmd = [str(self.venv / "bin" / "berthing"), "serve", "--host", "127.0.0.1", "--port", str(port)]
         if self.optimize != "auto":
             cmd += ["--optimize", self.optimize]
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
         return Launch(cmd, REPO, env, port)
 
     def versions(self) -> dict[str, str | None]:
@@ -328,7 +331,7 @@ class SentenceTransformers(System):
 def all_systems() -> dict[str, System]:
     """Every variant, in run order (the reference first). `--systems torchserve` selects both TorchServe variants."""
     # TorchServe with 2 workers and batching on (b32-w2) was tried and lost to all three below (45-69 sentences/s).
-    systems: list[System] = [SentenceTransformers(), Berthing(), Berthing("none"),
+    systems: list[System] = [SentenceTransformers(), Berthing(), Berthing("none"), Berthing(workers=2),
                              TorchServe(1), TorchServe(32), TorchServe(1, workers=2),
                              Infinity("optimum"), Infinity("torch")]
     return {s.name: s for s in systems}
