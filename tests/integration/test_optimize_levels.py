@@ -148,9 +148,16 @@ def test_first_load_of_a_checkpoint_optimizes_once_into_the_cache(tiny_model_dir
     meta = json.loads((tmp_path / "onnx" / built[1] / "berthing.json").read_text("utf-8"))
     assert meta["optimization"]["level"] == "int8" and meta["optimization"]["levels"][0]["passed"]
 
-    with cli_server([f"s={ckpt}"], env=env) as (proc, url):
+    with cli_server([f"s={ckpt}"], env=env | {"BERTHING_MANAGEMENT_AUTH": "false"}) as (proc, url):
         again = proc.startup_output
         assert httpx.post(f"{url}/predictions/s", json=body, timeout=30).json() == int8
+        admin = re.search(r"management API at (http://127\.0\.0\.1:\d+)", again)
+        assert admin, again
+        described = httpx.get(f"{admin.group(1)}/models/s", timeout=30).json()[0]
+        assert described["optimization"] == {
+            "level": "int8", "requested": "int8", "forced": False, "passed": True,
+            "metrics": meta["optimization"]["levels"][0]["metrics"],
+        }
     assert "optimizing" not in again and "optimization: int8" in again
     with cli_server([f"s={ckpt}"], env=env | {"BERTHING_OPTIMIZE": "none"}) as (proc, url):
         fp32 = httpx.post(f"{url}/predictions/s", json=body, timeout=30).json()

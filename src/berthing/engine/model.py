@@ -225,6 +225,7 @@ class Model:
             "maxLength": self.spec.max_length,
             "loadSeconds": round(self.load_seconds, 3),
             "customHandler": self.handler is not None,
+            "optimization": _optimization_brief(self.optimization),
             "batchSettings": {
                 "maxBatchTokens": self.limits.max_batch_tokens,
                 "maxBatchSize": self.limits.max_batch_size,
@@ -232,6 +233,17 @@ class Model:
                 "maxQueue": self.limits.max_queue,
             },
         }
+
+
+def _optimization_brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The served level and its verification figures, for describe(); the full record lives in berthing.json."""
+    if not record:
+        return None
+    kept = next((lv for lv in record.get("levels", []) if lv.get("level") == record.get("level")), {})
+    return {
+        "level": record.get("level"), "requested": record.get("requested"), "forced": record.get("forced", False),
+        "passed": kept.get("passed"), "metrics": kept.get("metrics", {}),
+    }
 
 
 def _make_runtime(
