@@ -97,13 +97,9 @@ def cpu_flags() -> set[str]:
 
 def session_options(threads: int) -> ort.SessionOptions:
     """berthing's own ORT settings (runtime/onnx.py): intra-op threads = cores, sequential, all optimizations."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return options
+    from berthing.runtime.onnx import session_options as berthing_options
+
+    return berthing_options(threads)
 
 
 def one_node_session(

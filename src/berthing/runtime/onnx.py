@@ -10,18 +10,24 @@ import onnxruntime as ort
 from berthing.tasks.tokenize import Features
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    """All graph optimizations, `threads` intra-op threads (spinning on: measured faster), sequential execution."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxRuntime:
     """One InferenceSession with all graph optimizations and a fixed intra-op thread count."""
 
     name = "onnx"
 
     def __init__(self, model_path: Path, threads: int) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        options = session_options(threads)
         self.threads = threads
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
