@@ -61,3 +61,48 @@ def test_serving_a_cached_artifact_never_imports_torch(kind: str, load, settings
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == json.dumps({"loaded": [], "answer": answer_type})
+
+
+OPTIMIZED_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["torch"] = None
+    sys.modules["transformers"] = None
+    import berthing
+    from berthing.types import ModelLoadError
+
+    try:
+        model = berthing.load(sys.argv[1], cache_dir=sys.argv[2], optimize="int8", thresholds=json.loads(sys.argv[3]))
+    except ModelLoadError as exc:
+        print(json.dumps({"error": str(exc)}))
+    else:
+        assert model.predict(["over", "http"]) is not None
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") and sys.modules[m] is not None)
+        print(json.dumps({"loaded": loaded, "level": model.optimization["level"]}))
+    """
+)
+
+
+def test_an_optimized_artifact_serves_without_torch_and_building_one_says_what_it_needs(tiny_model_dir, tmp_path) -> None:
+    """The default (--optimize auto) needs torch once, to verify; after that the cached artifact serves alone."""
+    ckpt = tiny_model_dir("embed")
+    cache = tmp_path / "cache"
+    repo = Path(__file__).resolve().parents[2]
+
+    def child(thresholds: dict) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-c", OPTIMIZED_CHILD, str(ckpt), str(cache), json.dumps(thresholds)],
+            capture_output=True, text=True, cwd=repo, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    import berthing
+
+    built = berthing.load(ckpt, cache_dir=cache, optimize="int8", thresholds={"cosine_min": 0.9})  # with torch
+    assert built.optimization["level"] == "int8"
+    assert child({"cosine_min": 0.9}) == {"loaded": [], "level": "int8"}
+    assert child({"cosine_min": 0.91}) == {  # another threshold is another artifact, and that needs torch
+        "error": "embed has no cached artifact for --optimize int8, and building one needs torch, transformers and onnx "
+        "(torch is missing): pip install 'berthing[export]', serve a package, or serve the fp32 export with --optimize none"
+    }

@@ -314,6 +314,16 @@ def optimized(
     target = base.with_name(f"{base.name}-{request.key()}")
     if is_artifact(target):
         return target
+    try:  # verification runs the PyTorch model; the optimizations edit the graph with onnx
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{folder.name} has no cached artifact for --optimize {request.level}, and building one needs torch, "
+            f"transformers and onnx ({exc.name} is missing): pip install 'berthing[export]', serve a package, "
+            "or serve the fp32 export with --optimize none"
+        ) from exc
     say = progress or (lambda _msg: None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
