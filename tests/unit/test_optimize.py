@@ -280,3 +280,16 @@ def test_minilm_int8_passes_verification_and_is_smaller(settings: Settings, tmp_
     assert report.metrics["cosine_min"] >= 0.98 and report.metrics["cosine_mean"] >= 0.995
     assert int8.path.stat().st_size < 0.7 * (src / "model.onnx").stat().st_size
     assert int8.record["int8"]["outlier_inputs"] > 0
+
+
+def test_onnxruntime_tools_do_not_chatter_in_server_logs(artifact, tmp_path: Path, caplog) -> None:
+    """Their loggers are bare module names (onnx_model_bert, ...) logging at INFO; a server at INFO must not show them."""
+    import logging
+
+    src = artifact("embed")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("berthing.test").info("before")
+        optimize_with_record(src / "model.onnx", "fused", tmp_path / "fused", _spec(src))
+        optimize_with_record(src / "model.onnx", "int8", tmp_path / "int8", _spec(src))
+        logging.getLogger("berthing.test").info("after")
+    assert [r.getMessage() for r in caplog.records] == ["before", "after"]
