@@ -102,21 +102,9 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def optimize(
-    src_onnx: Path,
-    level: Level,
-    out_dir: Path,
-    spec: ModelSpec,
-    *,
-    config: Int8Config | None = None,
-    tokenizer: Path | None = None,
-    texts: Sequence[str] | None = None,
-    num_heads: int = 0,
-) -> Path:
-    """Write `out_dir/model.onnx` optimized to `level` and return its path (see optimize_with_record)."""
-    return optimize_with_record(
-        src_onnx, level, out_dir, spec, config=config, tokenizer=tokenizer, texts=texts, num_heads=num_heads
-    ).path
+def optimize(src_onnx: Path, level: Level, out_dir: Path, spec: ModelSpec, **options: Any) -> Path:
+    """Write `out_dir/model.onnx` optimized to `level` and return its path (options: see optimize_with_record)."""
+    return optimize_with_record(src_onnx, level, out_dir, spec, **options).path
 
 
 def optimize_with_record(
