@@ -269,14 +269,19 @@ def export(
             f"{folder.name} has no cached ONNX artifact and exporting one needs torch and transformers: "
             "pip install 'berthing[export]' (or serve an exported artifact)"
         ) from exc
+    say(f"exporting to ONNX, once (cached in {target})")
+    return _build_once(target, lambda tmp: write_artifact(folder, spec, tmp, allow_pickle))
+
+
+def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """Build an artifact in a temporary sibling folder, then rename it into place: a reader never sees half of one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        say(f"exporting to ONNX, once (cached in {target})")
-        write_artifact(folder, spec, tmp, allow_pickle)
+        build(tmp)
         try:
             os.rename(tmp, target)
-        except OSError:  # another process exported it first: theirs is as good as ours
+        except OSError:  # another process built it first: theirs is as good as ours
             if not is_artifact(target):
                 raise
     finally:
@@ -325,16 +330,10 @@ def optimized(
             "or serve the fp32 export with --optimize none"
         ) from exc
     say = progress or (lambda _msg: None)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         for name in ("model.onnx", "tokenizer.json", "berthing.json"):
             shutil.copyfile(base / name, tmp / name)
         tune(folder, spec, tmp, request, allow_pickle=allow_pickle, progress=lambda m: say(f"{m} (once, cached)"))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_artifact(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return _build_once(target, build)
