@@ -20,6 +20,7 @@ from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.export import prepare
 from berthing.packaging.optimize import (
     Int8Config,
+    _quantize_embedding_rows,
     calibration_texts,
     choose,
     detect_heads,
@@ -101,6 +102,7 @@ def test_fused_and_int8_graphs_are_valid_and_run(kind: str, artifact, tmp_path: 
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
     record = int8.record["int8"]
     assert record["quantized_matmuls"] > 0 and record["calibration_texts"] == len(calibration_texts())
+    assert len(record["int8_embedding_tables"]) == 1 and "word_embeddings" in record["int8_embedding_tables"][0]
     json.dumps(fused.record), json.dumps(int8.record)  # manifest-ready
 
 
@@ -126,6 +128,25 @@ def test_int8_keeps_outlier_channels_in_fp32_and_can_be_plain(artifact, tmp_path
     assert side and all(n.op_type == "MatMul" for n in onnx.load(str(split.path)).graph.node if n.name in side)  # stays fp32
     for path in (split.path, plain.path):
         assert np.isfinite(_run(path)).all()
+
+
+@pytest.mark.parametrize("kind", ["embed", "roberta-classify"])
+def test_word_embeddings_become_int8_rows_with_their_own_scales(kind: str, artifact, tmp_path: Path) -> None:
+    src = artifact(kind)
+    model = onnx.load(str(src / "model.onnx"))
+    table = next(t for t in model.graph.initializer if "word_embeddings" in t.name)
+    assert _quantize_embedding_rows(model) == [table.name]
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    assert table.name not in inits  # the fp32 table is gone; int8 rows (1 byte a value) + per-row and column scales
+    assert inits[f"{table.name}/int8_rows"].data_type == onnx.TensorProto.INT8
+    assert list(inits[f"{table.name}/row_scale"].dims) == [table.dims[0], 1]
+    rows, scales = inits[f"{table.name}/int8_rows"], inits[f"{table.name}/row_scale"]
+    assert len(rows.raw_data) + len(scales.raw_data) < 0.3 * len(table.raw_data)  # 1 byte a value + 4 a row, not 4 a value
+    expected, got = _run(src / "model.onnx"), _run(tmp_path / "model.onnx")
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()  # rows keep 1/254 of their largest value
+    assert _quantize_embedding_rows(model) == []  # nothing left to do: the rows are already int8
 
 
 def test_none_copies_and_in_place_replaces_atomically(artifact, tmp_path: Path) -> None:
@@ -278,7 +299,7 @@ def test_minilm_int8_passes_verification_and_is_smaller(settings: Settings, tmp_
     report = verify(int8.path, src / "model.onnx", spec=spec, tokenizer=src / "tokenizer.json")
     assert report.passed, report.summary()
     assert report.metrics["cosine_min"] >= 0.98 and report.metrics["cosine_mean"] >= 0.995
-    assert int8.path.stat().st_size < 0.7 * (src / "model.onnx").stat().st_size
+    assert int8.path.stat().st_size < 0.3 * (src / "model.onnx").stat().st_size  # weights and word embeddings int8
     assert int8.record["int8"]["outlier_inputs"] > 0
 
 

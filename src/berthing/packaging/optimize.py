@@ -67,6 +67,7 @@ class Int8Config:
     min_out_features: int = 17  # heads with fewer outputs (labels, QA's 2, a reranker's 1) stay fp32
     exclude: tuple[str, ...] = ()
     fuse_first: bool = False  # run the transformer fusions before quantizing
+    embedding_rows: bool = True  # word-embedding table as int8 with one scale per row (~4x less memory per session)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for package manifests."""
@@ -527,6 +528,7 @@ def quantize(
             use_external_data_format=large, extra_options=extra,
         )
         result = onnx.load(str(out))
+    rows = _quantize_embedding_rows(result) if cfg.embedding_rows else []
     record = {
         "config": cfg.to_dict(),
         "quantized_matmuls": len(quantized) if nodes_to_quantize is not None else None,
@@ -534,8 +536,52 @@ def quantize(
         "outlier_channels_per_input": max(outliers.values(), default=0),
         "smoothed_inputs": smoothed,
         "calibration_texts": len(sample),
+        "int8_embedding_tables": rows,
     }
     return result, record
+
+
+def _quantize_embedding_rows(model: Any) -> list[str]:
+    """Store each large fp32 Gather table (the word embeddings) as int8 rows + one fp32 scale per row.
+
+    The graph gathers the int8 rows and their scales and multiplies: only the looked-up rows are dequantized.
+    Per-row scales keep each token's vector within 1/254 of its largest value; the table shrinks ~4x.
+    """
+    from onnx import helper, numpy_helper
+
+    g = _Graph(model)
+    done: list[str] = []
+    for node in list(model.graph.node):  # word embeddings gather straight from the graph's input_ids (export.py)
+        if node.op_type != "Gather" or node.input[0] not in g.inits or node.input[1] != "input_ids":
+            continue
+        table = g.inits[node.input[0]]
+        if table.data_type != 1 or len(table.dims) != 2 or table.dims[1] < 2:  # not our own per-row scales
+            continue
+        if next((a.i for a in node.attribute if a.name == "axis"), 0) != 0:
+            continue
+        values = numpy_helper.to_array(table).astype(np.float32)
+        column = np.sqrt(np.maximum(np.abs(values).max(axis=0), 1e-12)).astype(np.float32)  # tames outlier columns
+        flat = values / column
+        scale = np.maximum(np.abs(flat).max(axis=1, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.rint(flat / scale), -127, 127).astype(np.int8)
+        name = node.input[0]
+        ids = node.input[1]
+        q_name = g.const(f"{name}/int8_rows", q)
+        s_name = g.const(f"{name}/row_scale", scale.astype(np.float32))
+        c_name = g.const(f"{name}/column_scale", column)
+        out = node.output[0]
+        new = [
+            helper.make_node("Gather", [q_name, ids], [f"{out}/int8"], name=f"{node.name}/int8_rows", axis=0),
+            helper.make_node("Cast", [f"{out}/int8"], [f"{out}/rows"], name=f"{node.name}/cast", to=1),
+            helper.make_node("Gather", [s_name, ids], [f"{out}/scale"], name=f"{node.name}/scales", axis=0),
+            helper.make_node("Mul", [f"{out}/rows", f"{out}/scale"], [f"{out}/flat"], name=f"{node.name}/dequantize"),
+            helper.make_node("Mul", [f"{out}/flat", c_name], [out], name=f"{node.name}/columns"),
+        ]
+        g.insert(node, new)
+        model.graph.node.remove(node)
+        done.append(name)
+    g.drop_unused()
+    return done
 
 
 # -- choosing a level -------------------------------------------------------------------------------------------
