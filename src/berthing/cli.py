@@ -65,6 +65,7 @@ def serve(
     runtime: Annotated[str | None, typer.Option(help=_help("runtime"))] = None,
     workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
     threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
+    lanes: Annotated[bool | None, typer.Option("--lanes/--no-lanes", help=_help("lanes"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
     max_batch_tokens: Annotated[int | None, typer.Option(help=_help("max_batch_tokens"))] = None,
     max_batch_size: Annotated[int | None, typer.Option(help=_help("max_batch_size"))] = None,
@@ -108,7 +109,7 @@ def serve(
     named = [part.strip() for item in [*(models or []), *(models_option or [])] for part in item.split(",") if part.strip()]
     settings = _settings(
         models=named, host=host, port=port, task=task, runtime=runtime, workers=workers, threads=threads,
-        cache_dir=cache_dir, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+        lanes=lanes, cache_dir=cache_dir, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items, max_body_bytes=max_body_bytes,
         log_level=log_level, config_file=config, allow_pickle=allow_pickle, model_store=model_store,
         management_host=management_host, management_port=management_port, management_token=management_token,

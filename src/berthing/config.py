@@ -35,6 +35,7 @@ class ModelOverrides(BaseModel):
     runtime: Literal["onnx", "torch"] | None = None
     workers: int | None = Field(None, ge=1, le=64)
     threads: int | None = Field(None, ge=0, le=256)
+    lanes: bool | None = None
     max_batch_tokens: int | None = Field(None, ge=1)
     max_batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float | None = Field(None, ge=0, le=1000)
@@ -58,6 +59,11 @@ class Settings(BaseSettings):
     runtime: Literal["onnx", "torch"] = Field("onnx", description="onnx (default, no torch) or torch.")
     workers: int = Field(1, ge=1, le=64, description="Model workers (each a runtime instance and a thread).")
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
+    lanes: bool = Field(
+        True,
+        description="Under sustained load, add one single-thread session per core beside a model's one multi-thread "
+        "worker (onnx); a batch that runs alone still takes every core.",
+    )
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
     max_batch_tokens: int = Field(
         512, ge=1, description="Padded tokens per runtime call (longest x count); small similar-length batches run fastest."
@@ -164,6 +170,7 @@ class Settings(BaseSettings):
             runtime=merged["runtime"],
             workers=merged["workers"],
             threads=merged["threads"],
+            lanes=merged["lanes"],
             cache_dir=self.cache_dir,
             limits=self.batch_limits(name),
             allow_pickle=self.allow_pickle,

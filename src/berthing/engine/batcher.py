@@ -3,6 +3,10 @@
 A worker dispatches at once when it is idle (no waiting at low load); under load, items pile up
 while a batch runs and the next batch takes them by token budget and similar length. Each worker
 runs its batches in its own thread, so the event loop never blocks on compute.
+
+Lanes: a model with one all-core worker can get single-thread sessions ("lanes", one per core) once load
+is sustained. Then the lanes take the batches, each on its own core, and a batch that finds nothing else
+running or queued runs on the all-core worker instead, so a lone request keeps the lowest latency.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def _count(n: int, noun: str) -> str:
 
 RunBatch = Callable[[list[Encoded]], np.ndarray]
 BatchObserver = Callable[[int, int, int, float], None]
+
+# Batches that end with more items queued, in a row, before the batcher calls on_load (lanes are built then).
+LOAD_STREAK = 3
 
 
 @dataclass(slots=True)
@@ -54,6 +61,7 @@ class Batcher:
         runners: list[RunBatch],
         limits: BatchLimits,
         on_batch: BatchObserver | None = None,
+        on_load: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -67,6 +75,11 @@ class Batcher:
         self._workers: dict[RunBatch, asyncio.Task[None]] = {}
         self._retiring: set[RunBatch] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._on_load = on_load  # called once, when batches keep ending with items queued
+        self._streak = 0
+        self._lanes: list[RunBatch] = []
+        self._solo: RunBatch | None = None  # with lanes: the all-core runner, for batches that run alone
+        self._solo_active = False
 
     @property
     def depth(self) -> int:
@@ -85,7 +98,7 @@ class Batcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = ThreadPoolExecutor(64, thread_name_prefix=f"berthing-{self.name}")  # threads start lazily
-        for run in list(self._runners):
+        for run in [*self._runners, *self._lanes]:
             self._spawn(run)
 
     def _spawn(self, run: RunBatch) -> None:
@@ -98,8 +111,35 @@ class Batcher:
         """Workers that take batches now (retiring ones excluded)."""
         return len(self._runners)
 
+    @property
+    def lanes(self) -> int:
+        """Single-thread lanes taking batches now (0 until load builds them)."""
+        return len(self._lanes)
+
+    def set_lanes(self, runs: list[RunBatch]) -> None:
+        """Hand batches to `runs` (one per core); the single worker becomes the solo runner for lone batches."""
+        if self._lanes or len(self._runners) != 1 or not runs:
+            raise BerthingError(f"model {self.name!r} can take lanes only once, with exactly one worker")
+        self._solo = self._runners[0]
+        self._lanes = list(runs)
+        if self._tasks:
+            for run in self._lanes:
+                self._spawn(run)
+
+    async def drop_lanes(self) -> list[RunBatch]:
+        """Stop the lanes (their in-flight batches finish); the solo worker takes batches alone again."""
+        lanes, self._lanes = self._lanes, []
+        self._solo = None
+        for run in lanes:
+            await self._stop_worker(run)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return lanes
+
     def add_worker(self, run: RunBatch) -> None:
         """Scale up at run time: a new worker takes batches from the same queue at once."""
+        if self._lanes:
+            raise BerthingError(f"model {self.name!r} has lanes; drop them before adding workers")
         self._runners.append(run)
         if self._tasks:
             self._spawn(run)
@@ -109,6 +149,9 @@ class Batcher:
         if len(self._runners) <= 1:
             raise BerthingError(f"model {self.name!r} needs at least one worker")
         self._runners.remove(run)
+        await self._stop_worker(run)
+
+    async def _stop_worker(self, run: RunBatch) -> None:
         task = self._workers.pop(run, None)
         if task is None:
             return
@@ -137,9 +180,10 @@ class Batcher:
 
     def _take(self) -> list[_Item]:
         pending = [item for item in self._pending if not item.future.done()]
-        chosen = select_batch(
-            [item.encoded.length for item in pending], self.limits.max_batch_tokens, self.limits.max_batch_size
-        )
+        # Lanes split the token budget: each core gets a share (one-thread sessions run small batches best;
+        # benchmarks/README.md, "Lanes"), so the padded tokens in flight stay what max_batch_tokens says.
+        budget = max(1, self.limits.max_batch_tokens // len(self._lanes)) if self._lanes else self.limits.max_batch_tokens
+        chosen = select_batch([item.encoded.length for item in pending], budget, self.limits.max_batch_size)
         picked = set(chosen)
         self._pending = [item for i, item in enumerate(pending) if i not in picked]
         return [pending[i] for i in chosen]
@@ -149,7 +193,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         wait_s = self.limits.max_wait_ms / 1000.0
         while True:
-            while not self._pending and run not in self._retiring:
+            while (not self._pending or self._solo_active or run is self._solo) and run not in self._retiring:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if run in self._retiring:
@@ -161,11 +205,15 @@ class Batcher:
             batch = self._take()
             if not batch:
                 continue
+            target = run
+            if self._solo is not None and self._busy == 0 and not self._pending:
+                target = self._solo  # alone: all cores for this batch; the lanes wait until it ends
+                self._solo_active = True
             self._busy += 1
             self._idle.clear()
             started = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self._executor, run, [item.encoded for item in batch])
+                rows = await loop.run_in_executor(self._executor, target, [item.encoded for item in batch])
             except Exception as exc:  # noqa: BLE001 - a failing batch fails only its own requests
                 error = exc if isinstance(exc, BerthingError) else InferenceFailed(
                     f"inference failed on a batch of {_count(len(batch), 'item')}: {type(exc).__name__}: {exc}"
@@ -182,8 +230,21 @@ class Batcher:
                     self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), time.perf_counter() - started)
             finally:
                 self._busy -= 1
+                if target is not run:
+                    self._solo_active = False
+                    self._wakeup.set()
                 if self._busy == 0 and not self._pending:
                     self._idle.set()
+                self._watch_load()
+
+    def _watch_load(self) -> None:
+        """After a batch: call on_load once when LOAD_STREAK batches in a row ended with items still queued."""
+        if self._on_load is None:
+            return
+        self._streak = self._streak + 1 if self._pending else 0
+        if self._streak >= LOAD_STREAK:
+            callback, self._on_load = self._on_load, None
+            callback()
 
     async def close(self, drain: bool = True) -> None:
         """Stop the workers; with drain, first finish every queued item."""

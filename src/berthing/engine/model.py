@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class LoadOptions:
     trust_handlers: bool = False  # run a package's handler.py (its own Python code)
     registry: Any = None  # the server's Registry, handed to custom handlers for ensembles
     optimize: Any = None  # tune.OptimizeRequest for a checkpoint's first load; None serves the fp32 export
+    lanes: bool = True  # under sustained load, add one single-thread session per core of the (single) worker
 
 
 class Model:
@@ -71,6 +73,10 @@ class Model:
         self.load_seconds = load_seconds
         self.batcher: Batcher | None = None
         self.make_runtime: Callable[[], Runtime] | None = None  # set by load_model; scaling up needs it
+        self.make_lane: Callable[[], Runtime] | None = None  # a single-thread runtime; None = no lanes
+        self.lanes: list[Runtime] = []  # built under sustained load (batcher.py explains lanes)
+        self.on_lanes: Callable[[str], None] | None = None  # told what lanes were added, for the server's log
+        self._lane_task: asyncio.Task[None] | None = None
         self.memory_bytes = 0  # size of the model file the runtimes load (ONNX or weights), per worker
         self.optimization: dict[str, Any] | None = None  # the artifact's optimization record (berthing.json)
         self._runners: dict[int, Callable[[list[Encoded]], np.ndarray]] = {}
@@ -101,6 +107,8 @@ class Model:
             await self._scale(workers)
 
     async def _scale(self, workers: int) -> None:
+        if self.lanes and workers != len(self.runtimes):
+            await self._drop_lanes()  # an explicit worker count replaces the automatic lanes
         while len(self.runtimes) < workers:
             if self.make_runtime is None:
                 raise BadRequest(f"model {self.name!r} was not loaded from a folder; it cannot add workers")
@@ -117,12 +125,61 @@ class Model:
     def start(self, on_batch: BatchObserver | None = None) -> None:
         """Start batching on the running event loop (server entry points call this once)."""
         if self.batcher is None:
-            self.batcher = Batcher(self.name, [self._runner(r) for r in self.runtimes], self.limits, on_batch)
+            on_load = self._lanes_soon if self._lanes_wanted() else None
+            self.batcher = Batcher(self.name, [self._runner(r) for r in self.runtimes], self.limits, on_batch, on_load)
         self.batcher.start()
         self._loop = asyncio.get_running_loop()
 
+    def lanes_planned(self) -> bool:
+        """Whether sustained load will add lanes (or already has)."""
+        return bool(self.lanes) or self._lanes_wanted()
+
+    def _lanes_wanted(self) -> bool:
+        """Lanes pay off only for one worker with several threads: they split its cores under load."""
+        return self.make_lane is not None and len(self.runtimes) == 1 and self.runtimes[0].threads > 1
+
+    def _lanes_soon(self) -> None:
+        """The batcher saw sustained load: build the lanes in a thread, without blocking the event loop."""
+        self._lane_task = asyncio.get_running_loop().create_task(self._build_lanes())
+
+    async def _build_lanes(self) -> None:
+        async with self._scaling:
+            if self.retired or self.lanes or not self._lanes_wanted() or self.batcher is None:
+                return
+            assert self.make_lane is not None
+            count = self.runtimes[0].threads
+            started = time.perf_counter()
+            try:
+                lanes = await asyncio.to_thread(lambda: [self.make_lane() for _ in range(count)])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - lanes are an optimization; the worker keeps serving
+                self._say(f"{self.name}: could not add single-thread lanes ({type(exc).__name__}: {exc})")
+                return
+            if self.retired or len(self.runtimes) != 1:
+                return
+            self.lanes = lanes
+            self.batcher.set_lanes([self._runner(r) for r in lanes])
+            self._say(
+                f"{self.name}: sustained load - added {count} single-thread lanes in "
+                f"{time.perf_counter() - started:.2f} s; a batch that runs alone still takes all {count} cores"
+            )
+
+    def _say(self, message: str) -> None:
+        if self.on_lanes is not None:
+            self.on_lanes(message)
+        else:
+            logging.getLogger("berthing").info(message)
+
+    async def _drop_lanes(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.drop_lanes()
+        for runtime in self.lanes:
+            self._runners.pop(id(runtime), None)
+        self.lanes = []
+
     async def stop(self) -> None:
         """Finish queued work and stop the workers."""
+        if self._lane_task is not None and not self._lane_task.done():
+            self._lane_task.cancel()
         if self.batcher is not None:
             await self.batcher.close(drain=True)
 
@@ -133,6 +190,7 @@ class Model:
             await asyncio.sleep(0.01)
         await self.stop()
         self.runtimes = []
+        self.lanes = []
         self._runners.clear()
 
     async def infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
@@ -222,6 +280,7 @@ class Model:
             "runtime": self.runtimes[0].name,
             "workers": len(self.runtimes),
             "threadsPerWorker": self.runtimes[0].threads,
+            "lanes": len(self.lanes),
             "maxLength": self.spec.max_length,
             "loadSeconds": round(self.load_seconds, 3),
             "customHandler": self.handler is not None,
@@ -302,6 +361,8 @@ def load_model(
     )
     model.optimization = meta.get("optimization") if options.runtime == "onnx" else None
     model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
+    if options.lanes and options.runtime == "onnx":  # torch keeps one set of weights per runtime: no lanes
+        model.make_lane = lambda: _make_runtime(options.runtime, artifact, folder, spec, 1)
     weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
     model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
     attach_handler(model, folder, options)

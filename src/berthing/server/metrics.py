@@ -48,12 +48,16 @@ class Metrics:
         )
 
         self.workers = Gauge("berthing_model_workers", "Runtime workers of each model version", ["model"], registry=r)
+        self.lanes = Gauge(
+            "berthing_model_lanes", "Single-thread lanes added under sustained load (0 until then)", ["model"], registry=r
+        )
 
     def watch(self, model: Model) -> BatchObserver:
         """Register a model's gauges and return the observer its batcher calls after each batch."""
         label = f"{model.name}:{model.version}"
         self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
         self.workers.labels(label).set_function(lambda: len(model.runtimes))
+        self.lanes.labels(label).set_function(lambda: len(model.lanes))
         self.queue_depth.labels(label).set_function(lambda: model.batcher.depth if model.batcher else 0)
         size = self.batch_size.labels(label)
         padded_tokens = self.batch_tokens.labels(label)
@@ -75,7 +79,7 @@ class Metrics:
         label = f"{model.name}:{model.version}"
         for metric, labels in (
             (self.load_seconds, (model.name, model.version)), (self.queue_depth, (label,)), (self.workers, (label,)),
-            (self.batch_size, (label,)), (self.batch_tokens, (label,)), (self.batch_seconds, (label,)),
+            (self.lanes, (label,)), (self.batch_size, (label,)), (self.batch_tokens, (label,)), (self.batch_seconds, (label,)),
             (self.tokens, (label, "real")), (self.tokens, (label, "padded")),
         ):
             try:

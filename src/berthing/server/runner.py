@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from berthing.config import Settings
-from berthing.engine.model import load_model
+from berthing.engine.model import Model, load_model
 from berthing.packaging.sources import resolve
 from berthing.registry import Registry
 from berthing.runtime.threads import available_cores
@@ -77,6 +77,7 @@ def load_registry(settings: Settings, console: Console) -> Registry:
             options = settings.load_options(source.name)
             options.registry = registry
             model = load_model(source, options, progress=progress)
+        model.on_lanes = console.print
         registry.add(model)
         console.print(
             f"[green]✓[/] {model.name} v{model.version}: task={model.spec.task} runtime={model.runtimes[0].name} "
@@ -93,10 +94,17 @@ def thread_plan(registry: Registry, cores: int) -> str:
     models = [registry.get(name) for name in registry.names()]
     intra = sum(len(m.runtimes) * m.runtimes[0].threads for m in models)
     tokenizer = "1 thread" if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("false", "0") else "rayon, 1/core"
-    per_model = ", ".join(f"{m.name}: {len(m.runtimes)} worker x {m.runtimes[0].threads}" for m in models)
+    per_model = ", ".join(_model_threads(m) for m in models)
     line = f"threads: {cores} cores; {intra} model threads ({per_model or 'no models yet'}); tokenizer {tokenizer}; 1 event loop"
     if intra > cores:
         line += " - models busy at the same time share the cores (set --threads or [per_model.NAME] threads to split them)"
+    return line
+
+
+def _model_threads(model: Model) -> str:
+    line = f"{model.name}: {len(model.runtimes)} worker x {model.runtimes[0].threads}"
+    if model.lanes_planned():
+        line += f", or {model.runtimes[0].threads} lanes x 1 under load"
     return line
 
 
