@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     )
     management_auth: bool = Field(True, description="Require the token on management routes (off only on loopback).")
     inference_token: str | None = Field(None, description="Bearer token for inference routes (default: none).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins a browser may call the inference API from ('*' = any); none = no CORS headers.",
+    )
     allowed_sources: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="URL or path prefixes the management API may register from besides the store."
     )
@@ -115,7 +119,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     config_file: Path | None = Field(None, description="TOML file with any of these settings.")
 
-    @field_validator("models", "allowed_sources", mode="before")
+    @field_validator("models", "allowed_sources", "cors_origins", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,32 @@ def test_an_optimized_artifact_serves_without_torch_and_building_one_says_what_i
         "error": "embed has no cached artifact for --optimize int8, and building one needs torch, transformers and onnx "
         "(torch is missing): pip install 'berthing[export]', serve a package, or serve the fp32 export with --optimize none"
     }
+
+
+LAMBDA_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.modules["torch"] = None
+    sys.modules["transformers"] = None
+    import berthing.serverless
+    handler = berthing.serverless.handler  # Lambda's init phase: the models load here
+    event = {
+        "version": "2.0", "rawPath": "/predictions/reader", "headers": {"content-type": "application/json"},
+        "requestContext": {"http": {"method": "POST", "path": "/predictions/reader"}, "stage": "$default"},
+        "body": json.dumps({"question": "Who lives there?", "context": "Sarah lives in London"}), "isBase64Encoded": False,
+    }
+    answer = handler(event, None)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") and sys.modules[m] is not None)
+    print(json.dumps({"loaded": loaded, "status": answer["statusCode"], "keys": sorted(json.loads(answer["body"]))}))
+    """
+)
+
+
+def test_the_lambda_handler_imports_and_answers_without_torch(load, settings: Settings, tiny_model_dir) -> None:
+    load("qa")  # the export is cached, as a container image bakes a package or an exported artifact
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "BERTHING_MODEL": f"reader={tiny_model_dir('qa')}", "BERTHING_CACHE_DIR": str(settings.cache_dir)}
+    result = subprocess.run([sys.executable, "-c", LAMBDA_CHILD], capture_output=True, text=True, cwd=repo, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "loaded": [], "status": 200, "keys": ["answer", "end", "score", "start"]}

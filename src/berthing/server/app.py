@@ -125,8 +125,18 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
         Route("/openapi.json", describe, methods=["GET"]),
         Route("/", describe, methods=["OPTIONS"]),
     ]
+    middleware = []
+    if settings.cors_origins:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"], max_age=600,
+        ))
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: unexpected}
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: unexpected},
+        middleware=middleware,
     )
     app.state.registry = registry
     app.state.metrics = metrics
