@@ -86,8 +86,22 @@ def _resolve_package(name: str, path: Path, cache_dir: Path | None) -> ModelSour
     return ModelSource(check_name(name or manifest["name"]), folder.resolve(), str(manifest["version"]))
 
 
+def _resolve_s3(name: str, url: str, cache_dir: Path) -> ModelSource:
+    """A .berth package or a tar(.gz) checkpoint in S3, fetched into the cache unless its ETag is unchanged."""
+    from berthing.packaging import s3
+
+    _, key = s3.split_url(url)
+    if not (key.endswith(".berth") or s3.is_tar(key)):
+        raise ModelLoadError(f"{url}: an S3 model is a .berth package or a checkpoint as .tar.gz, .tgz or .tar")
+    obj = s3.fetch(url, cache_dir)
+    if key.endswith(".berth"):
+        return _resolve_package(name, obj.path, cache_dir)
+    stem = re.sub(r"\.(tar\.gz|tgz|tar)$", "", Path(key).name, flags=re.IGNORECASE)
+    return ModelSource(check_name(name or _name_from_path(Path(stem))), s3.checkpoint_folder(obj))
+
+
 def resolve(spec: str | None, cache_dir: Path | None = None) -> ModelSource:
-    """Resolve `name=source` or `source` (folder, package, hub id); None or '' gives the default model.
+    """Resolve `name=source` or `source` (folder, package, s3://bucket/key, hub id); None or '' gives the default model.
 
     `cache_dir` is where .berth archives are extracted; None means the default cache folder."""
     if not spec:
@@ -98,6 +112,8 @@ def resolve(spec: str | None, cache_dir: Path | None = None) -> ModelSource:
     source = source.strip()
     if source in ("", DEFAULT_MODEL_NAME, "default"):
         return ModelSource(check_name(name or DEFAULT_MODEL_NAME), default_model_path())
+    if source.startswith("s3://"):
+        return _resolve_s3(name, source, cache_dir or default_cache_dir())
     path = Path(source).expanduser()
     if path.exists():
         from berthing.packaging.package import is_package
