@@ -1,4 +1,4 @@
-"""The `berthing` command line: serve, pack, inspect (more commands arrive with their issues)."""
+"""The `berthing` command line: serve, pack, inspect, predict."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def serve(
     ] = None,
     inference_token: Annotated[str | None, typer.Option(help=_help("inference_token"))] = None,
     allowed_sources: Annotated[list[str] | None, typer.Option(help=_help("allowed_sources"))] = None,
+    cors_origins: Annotated[list[str] | None, typer.Option("--cors-origins", "--cors-origin", help=_help("cors_origins"))] = None,
     default_workers: Annotated[int | None, typer.Option(help=_help("default_workers"))] = None,
     trust_handlers: Annotated[bool | None, typer.Option("--trust-handlers", help=_help("trust_handlers"))] = None,
     metrics_host: Annotated[str | None, typer.Option(help=_help("metrics_host"))] = None,
@@ -114,8 +115,9 @@ def serve(
         log_level=log_level, config_file=config, allow_pickle=allow_pickle, model_store=model_store,
         management_host=management_host, management_port=management_port, management_token=management_token,
         management_token_file=management_token_file, management_auth=management_auth, inference_token=inference_token,
-        allowed_sources=allowed_sources, default_workers=default_workers, trust_handlers=trust_handlers,
-        metrics_host=metrics_host, metrics_port=metrics_port, optimize=optimize, optimize_force=optimize_force,
+        allowed_sources=allowed_sources, cors_origins=cors_origins, default_workers=default_workers,
+        trust_handlers=trust_handlers, metrics_host=metrics_host, metrics_port=metrics_port, optimize=optimize,
+        optimize_force=optimize_force,
         calibration_file=calibration, thresholds=_threshold_flags(threshold),
     )
     try:
@@ -275,6 +277,97 @@ def _print_optimization(out: Console, record: dict[str, Any] | None) -> None:
             f"{size / 1e6:.1f}" if size else "",
         )
     out.print(table)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="NAME=SOURCE or SOURCE (folder, package, s3://..., hub id); 'default'.")],
+    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="JSONL, CSV, TSV or text (a text per line); - = stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where results go (- = stdout); its suffix picks the format.")],
+    input_format: Annotated[
+        str | None, typer.Option("--format", help="Input format: jsonl, csv, tsv, txt (default: the suffix).")
+    ] = None,
+    output_format: Annotated[
+        str | None, typer.Option(help="Output format: jsonl, csv, tsv (default: -o's suffix, else the input's).")
+    ] = None,
+    text_field: Annotated[
+        str | None,
+        typer.Option("--field", help="JSONL field or CSV column with the text (default: a JSONL line is a body; CSV: text)."),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help=_help("task"))] = None,
+    runtime: Annotated[str | None, typer.Option(help=_help("runtime"))] = None,
+    threads: Annotated[int | None, typer.Option(help=_help("threads"))] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help=_help("max_batch_tokens"))] = None,
+    optimize: Annotated[str | None, typer.Option(help=_help("optimize"))] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Predict every line of a file through the same engine and batcher as the server; results in input order.
+
+    Each line is one request, as a POST /predictions body would be (JSONL objects, a text per line, a CSV row);
+    a line that fails gets an error record and the run goes on. Ctrl-C stops cleanly with what is done written.
+    """
+    import asyncio
+    import sys
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from berthing import batch
+    from berthing.engine.model import load_model
+    from berthing.packaging.sources import resolve
+
+    settings = _settings(task=task, runtime=runtime, threads=threads, max_batch_tokens=max_batch_tokens, optimize=optimize,
+                         cache_dir=cache_dir)
+    in_path = None if input_path == "-" else Path(input_path)
+    out_path = None if output == "-" else Path(output)
+    try:
+        if in_path is not None and not in_path.is_file():
+            raise BerthingError(f"input {input_path} not found")
+        fmt_in = batch.detect_format(in_path, input_format, "jsonl" if in_path is None else "txt")
+        fmt_out = batch.detect_format(out_path, output_format, fmt_in if fmt_in != "txt" else "jsonl")
+        if fmt_out == "txt":
+            raise BerthingError("results are structured: write them as jsonl, csv or tsv (-o FILE.jsonl)")
+        with console.status(f"loading {model}"):
+            source = resolve(None if model in ("default", "") else model, settings.cache_dir)
+            loaded = load_model(source, settings.load_options(source.name))
+        total = batch.count_lines(in_path) if in_path is not None else None
+        stream = batch.open_input(input_path)
+        reader = batch.Reader(stream, fmt_in, loaded, text_field, settings.max_items)
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    out = sys.stdout if out_path is None else out_path.open("w", encoding="utf-8", newline="")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} items/s"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    started = time.perf_counter()
+    summary = batch.Summary()
+    try:
+        with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+            job = bar.add_task(f"{loaded.name} ({loaded.spec.task})", total=total, rate="-")
+
+            def step(n: int) -> None:
+                done = bar.tasks[0].completed + n
+                elapsed = time.perf_counter() - started
+                bar.update(job, advance=n, rate=f"{done / elapsed:.0f}" if elapsed > 0 else "-")
+
+            summary = asyncio.run(batch.run(loaded, iter(reader), batch.Writer(out, fmt_out), step))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    finally:
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+        stream.close()
+    where = output if out_path is not None else "stdout"
+    if summary.interrupted:
+        console.print(f"[yellow]interrupted:[/] the results written to {where} are complete lines, in input order")
+        raise typer.Exit(130)
+    errors = f", {summary.errors} with errors" if summary.errors else ""
+    rate = f"{summary.seconds:.1f} s ({summary.rate:.0f} items/s)"
+    console.print(f"[green]✓[/] {summary.done} predictions{errors} -> {where} in {rate}")
 
 
 @app.command()

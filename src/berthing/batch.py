@@ -1,0 +1,248 @@
+"""Offline predictions over a file: stream lines in, run them through the model's batcher, write results in order.
+
+Every input line is one request, as one POST /predictions body would be, so lines of any task mix freely in the
+dynamic batches; a bounded window of lines is in flight at a time, so memory does not grow with the file. A line
+that cannot be predicted gets an error record and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from berthing.engine.model import Model
+from berthing.types import BadRequest, BerthingError, TextInput
+
+FORMATS = ("jsonl", "csv", "tsv", "txt")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
+WINDOW = 1024  # lines in flight: enough to keep every batch full, small enough to bound memory
+
+
+def detect_format(path: Path | None, given: str | None, default: str) -> str:
+    """The format from --format, else the file's suffix, else `default`."""
+    if given:
+        if given not in FORMATS:
+            raise BadRequest(f"unknown format {given!r} (formats: {', '.join(FORMATS)})")
+        return given
+    if path is None:
+        return default
+    return _SUFFIXES.get(path.suffix.lower(), default)
+
+
+@dataclass
+class Record:
+    """One input line: what goes to the model and what is written back beside the result."""
+
+    number: int  # 1-based line (or row) number
+    inputs: list[TextInput] = field(default_factory=list)
+    single: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    keep: dict[str, Any] | None = None  # the input fields to write back (JSONL objects, CSV rows)
+    error: BerthingError | None = None  # the line could not even be parsed
+
+
+class Reader:
+    """Lines of a JSONL / CSV / TSV / text file as Records, parsed with the model's task."""
+
+    def __init__(self, stream: IO[str], fmt: str, model: Model, text_field: str | None, max_items: int) -> None:
+        self.stream = stream
+        self.fmt = fmt
+        self.model = model
+        self.field = text_field
+        self.max_items = max_items
+        self.columns: list[str] = []
+        self._csv: csv.DictReader[str] | None = None
+        self._wanted: dict[str, str] = {}
+        if fmt in ("csv", "tsv"):  # read and check the header now: a wrong column fails before any output
+            self._csv = csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t")
+            self.columns = list(self._csv.fieldnames or [])
+            self._wanted = self._row_fields()
+
+    def __iter__(self) -> Iterator[Record]:
+        if self._csv is not None:
+            yield from self._rows(self._csv)
+            return
+        for number, line in enumerate(self.stream, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            record = Record(number)
+            try:
+                if self.fmt == "txt":
+                    record.inputs, record.single = [line], True
+                    record.keep = {"text": line}
+                else:
+                    self._json_line(record, line)
+            except BerthingError as exc:
+                record.error = exc
+            yield record
+
+    def _json_line(self, record: Record, line: str) -> None:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"line {record.number} is not valid JSON: {exc}") from None
+        task = self.model.task
+        if isinstance(value, dict):
+            record.keep = value
+            if self.field is not None:
+                if self.field not in value:
+                    raise BadRequest(f"line {record.number} has no field {self.field!r} (fields: {', '.join(value)})")
+                record.inputs, record.single = task.parse(value[self.field], self.field, self.max_items)
+            else:
+                record.inputs, record.single, record.options = task.parse_object(value, self.max_items)
+        else:
+            record.keep = {"input": value}
+            record.inputs, record.single = task.parse(value, "input", self.max_items)
+
+    def _rows(self, reader: csv.DictReader[str]) -> Iterator[Record]:
+        for number, row in enumerate(reader, 2):  # row 1 is the header
+            record = Record(number, keep=dict(row))
+            try:
+                body = {key: row.get(column) or "" for key, column in self._wanted.items()}
+                record.inputs, record.single, record.options = self.model.task.parse_object(body, self.max_items)
+            except BerthingError as exc:
+                record.error = exc
+            yield record
+
+    def _row_fields(self) -> dict[str, str]:
+        """Which columns feed the model: --field, else the task's own names (text, question/context, text/text_pair)."""
+        task = self.model.spec.task
+        if self.field is not None:
+            names = {"input": self.field}
+        elif task == "qa":
+            names = {"question": "question", "context": "context"}
+        elif "text_pair" in self.columns:
+            names = {"text": "text", "text_pair": "text_pair"}
+        else:
+            names = {"input": "text"}
+        if task == "rerank":
+            raise BadRequest("a reranking model takes {query, texts} objects: give it JSONL, one object per line")
+        missing = [column for column in names.values() if column not in self.columns]
+        if missing:
+            raise BadRequest(
+                f"the input has no column {missing[0]!r} (columns: {', '.join(self.columns) or 'none'}); "
+                "name the text column with --field"
+            )
+        return names
+
+
+class Writer:
+    """Results in input order: JSONL records, or CSV/TSV rows with the input's columns plus the prediction's."""
+
+    def __init__(self, stream: IO[str], fmt: str) -> None:
+        self.stream = stream
+        self.fmt = "jsonl" if fmt == "txt" else fmt
+        self.csv: Any = None
+        self.fields: list[str] = []
+
+    def write(self, record: Record, result: Any, error: BerthingError | None) -> None:
+        keep = record.keep or {}
+        if self.fmt == "jsonl":
+            out = {**keep, "error": error.to_dict()} if error else {**keep, "prediction": result}
+            self.stream.write(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+            return
+        row = dict(keep)
+        if error is not None:
+            row["error"] = error.message
+        elif isinstance(result, dict):  # {label, score, scores}, {answer, score, start, end}: a column per key
+            row.update({k: v if not isinstance(v, dict | list) else _json(v) for k, v in result.items()})
+        else:
+            row["prediction"] = _json(result)
+        if self.csv is None:
+            self.fields = [*keep, *[k for k in row if k not in keep], "error"]
+            self.fields = list(dict.fromkeys(self.fields))
+            delimiter = "," if self.fmt == "csv" else "\t"
+            self.csv = csv.DictWriter(self.stream, self.fields, delimiter=delimiter, extrasaction="ignore", lineterminator="\n")
+            self.csv.writeheader()
+        self.csv.writerow(row)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+async def run(
+    model: Model,
+    records: Iterator[Record],
+    writer: Writer,
+    progress: Callable[[int], None] | None = None,
+    window: int = WINDOW,
+) -> Summary:
+    """Predict every record through the model's batcher with at most `window` lines in flight; write in order."""
+    summary = Summary()
+    started = time.perf_counter()
+    model.start()
+    pending: deque[tuple[Record, asyncio.Task[list[Any]] | None]] = deque()
+
+    async def drain(limit: int) -> None:
+        while len(pending) > limit:
+            record, task = pending.popleft()
+            error = record.error
+            result = None
+            if task is not None:
+                try:
+                    results = await task
+                    result = results[0] if record.single else results
+                except BerthingError as exc:
+                    error = exc
+            writer.write(record, result, error)
+            summary.done += 1
+            summary.errors += error is not None
+            if progress is not None:
+                progress(1)
+
+    try:
+        for record in records:
+            task = None if record.error else asyncio.ensure_future(model.infer(record.inputs, record.options))
+            pending.append((record, task))
+            await drain(window)
+        await drain(0)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels us; what is written stays, in order
+        summary.interrupted = True
+        for _, task in pending:
+            if task is not None:
+                task.cancel()
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - started
+    await model.stop()
+    return summary
+
+
+def count_lines(path: Path) -> int:
+    """Lines in the file (for the progress bar's total and ETA), counted in 1 MiB blocks."""
+    total = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            total += block.count(b"\n")
+    return total
+
+
+def open_input(path: str) -> IO[str]:
+    """The input file, or stdin for '-', as UTF-8 text (a BOM is skipped)."""
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+    return Path(path).open(encoding="utf-8-sig", newline="")
