@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = dispatch at once.")
     max_queue: int = Field(2048, ge=1, description="Items queued per model before answering 503.")
     max_items: int = Field(1024, ge=1, description="Items per request before answering 413.")
+    input_field: str | None = Field(
+        None, description="A JSON field that also holds the input, for clients with their own body (seed 001: log)."
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body size before answering 413.")
     management_host: str = Field("127.0.0.1", description="Address the management API binds (loopback unless a token is set).")
     management_port: int = Field(8081, ge=0, le=65535, description="Port of the management API (0 picks a free one).")

@@ -143,6 +143,18 @@ def test_ping_and_errors_carry_the_servers_bodies(kind: str, app: ServerlessApp)
         "message": "no route for POST /models (routes: /ping, /predictions/{model}, /predictions/{model}/{version})"})
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_seed_001s_body_with_input_field(kind: str, registry: Registry, settings: Settings, server_answers) -> None:
+    """Seed 001's function reads {"log": "..."}; --input-field log lets such clients keep their body."""
+    body = json.dumps({"log": BODIES["sentiment"]["input"]})
+    app = ServerlessApp(registry, settings.model_copy(update={"input_field": "log"}))
+    answer = app(event(kind, "POST", "/predictions/sentiment", body, {"Content-Type": "application/json"}))
+    assert answer["statusCode"] == 200 and close(json.loads(answer["body"]), server_answers["sentiment"])
+    plain = ServerlessApp(registry, settings)(event(kind, "POST", "/predictions/sentiment", body))
+    assert (plain["statusCode"], json.loads(plain["body"])) == (400, {
+        "code": 400, "type": "BadRequest", "message": "missing field 'input' (also accepted: 'inputs', 'text')"})
+
+
 def test_a_body_over_the_limit_is_413(registry: Registry, settings: Settings) -> None:
     app = ServerlessApp(registry, settings.model_copy(update={"max_body_bytes": 1024}))
     answer = app(event("apigw-http-v2", "POST", "/predictions/sentiment", json.dumps({"input": "x" * 2000})))
@@ -205,6 +217,9 @@ def test_the_http_server_sends_cors_headers_when_configured(registry: Registry, 
                           headers={"Origin": "https://app.example"})
         other = httpx.post(f"{server.url}/predictions/sentiment", json=BODIES["sentiment"],
                            headers={"Origin": "https://evil.example"})
+    with ThreadServer(served, settings.model_copy(update={"input_field": "log"})) as server:
+        seed = httpx.post(f"{server.url}/predictions/sentiment", json={"log": BODIES["sentiment"]["input"]})
+    assert seed.status_code == 200 and seed.json()["label"] == post.json()["label"]
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert post.status_code == 200 and post.headers["access-control-allow-origin"] == "https://app.example"

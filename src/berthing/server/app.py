@@ -65,7 +65,9 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
                 result = await model.handle_request(torchserve.decode_body(body, content_type))
                 response = Response(torchserve.dump_result(result), media_type=JSON)
             else:
-                inputs, single, options = torchserve.parse_request(body, content_type, settings.max_items, model.task)
+                inputs, single, options = torchserve.parse_request(
+                    body, content_type, settings.max_items, model.task, settings.input_field
+                )
                 results = await model.infer(inputs, options)
                 response = Response(torchserve.encode_result(results, single), media_type=JSON)
         except BerthingError as error:

@@ -179,7 +179,9 @@ class ServerlessApp:
         model = self.registry.get(name, version)
         if model.handler is not None:
             return torchserve.dump_result(model.handle(torchserve.decode_body(body, content_type)))
-        inputs, single, options = torchserve.parse_request(body, content_type, self.settings.max_items, model.task)
+        inputs, single, options = torchserve.parse_request(
+            body, content_type, self.settings.max_items, model.task, self.settings.input_field
+        )
         return torchserve.encode_result(model.predict_items(inputs, options), single)
 
     def direct(self, event: Any) -> Any:

@@ -58,14 +58,17 @@ def decode_body(body: bytes, content_type: str) -> Any:
 
 
 def parse_request(
-    body: bytes, content_type: str, max_items: int, task: InputForms | None = None
+    body: bytes, content_type: str, max_items: int, task: InputForms | None = None, input_field: str | None = None
 ) -> tuple[list[TextInput], bool, dict[str, Any]]:
     """Body -> (inputs, single, options). A raw body is one text; a JSON object carries options beside the input.
 
-    Which JSON fields hold the input is the task's to say (QA takes question/context, rerank query/texts).
+    Which JSON fields hold the input is the task's to say (QA takes question/context, rerank query/texts);
+    `input_field` names one more field that holds it, for clients with their own shape (seed 001 sends {"log"}).
     """
     forms: InputForms = task or _TextForms()
     data = decode_body(body, content_type)
+    if input_field and isinstance(data, dict) and input_field in data and "input" not in data:
+        data = {("input" if key == input_field else key): value for key, value in data.items()}
     if isinstance(data, list | str):
         inputs, single = forms.parse(data, "body", max_items)
         return inputs, single, {}
