@@ -190,9 +190,12 @@ async def run(
     writer: Writer,
     progress: Callable[[int], None] | None = None,
     window: int = WINDOW,
+    summary: Summary | None = None,
 ) -> Summary:
-    """Predict every record through the model's batcher with at most `window` lines in flight; write in order."""
-    summary = Summary()
+    """Predict every record through the model's batcher with at most `window` lines in flight; write in order.
+
+    `summary` is filled as lines are written, so a caller still has the counts when Ctrl-C ends the run."""
+    summary = summary if summary is not None else Summary()
     started = time.perf_counter()
     model.start()
     pending: deque[tuple[Record, asyncio.Task[list[Any]] | None]] = deque()

@@ -351,7 +351,7 @@ def predict(
                 elapsed = time.perf_counter() - started
                 bar.update(job, advance=n, rate=f"{done / elapsed:.0f}" if elapsed > 0 else "-")
 
-            summary = asyncio.run(batch.run(loaded, iter(reader), batch.Writer(out, fmt_out), step))
+            asyncio.run(batch.run(loaded, iter(reader), batch.Writer(out, fmt_out), step, summary=summary))
     except KeyboardInterrupt:
         summary.interrupted = True
     except BerthingError as exc:
@@ -364,7 +364,9 @@ def predict(
         stream.close()
     where = output if out_path is not None else "stdout"
     if summary.interrupted:
-        console.print(f"[yellow]interrupted:[/] the results written to {where} are complete lines, in input order")
+        console.print(
+            f"[yellow]interrupted:[/] {summary.done} results written to {where}: complete lines, in input order"
+        )
         raise typer.Exit(130)
     errors = f", {summary.errors} with errors" if summary.errors else ""
     rate = f"{summary.seconds:.1f} s ({summary.rate:.0f} items/s)"

@@ -35,7 +35,6 @@ class HttpRequest:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
-    version: str  # "1.0" or "2.0": the envelope the answer goes back in
 
 
 @dataclass
@@ -54,11 +53,9 @@ def parse_http_event(event: Mapping[str, Any]) -> HttpRequest:
     """Method, path (without an API Gateway stage), headers and the decoded body of a 1.0 or 2.0 event."""
     context = event.get("requestContext") or {}
     if event.get("version") == "2.0" or "rawPath" in event:
-        version = "2.0"
         method = str((context.get("http") or {}).get("method") or "GET")
         path = str(event.get("rawPath") or "/")
     else:
-        version = "1.0"
         method = str(event.get("httpMethod") or "GET")
         path = str(event.get("path") or "/")
     stage = str(context.get("stage") or "")
@@ -78,11 +75,11 @@ def parse_http_event(event: Mapping[str, Any]) -> HttpRequest:
             raise BadRequest(f"body is marked base64 but does not decode: {exc}") from None
     else:
         body = str(raw).encode("utf-8")
-    return HttpRequest(method.upper(), path, headers, body, version)
+    return HttpRequest(method.upper(), path, headers, body)
 
 
-def envelope(response: HttpResponse, version: str) -> dict[str, Any]:
-    """The Lambda proxy answer: status, headers and a text body (JSON is never base64-encoded)."""
+def envelope(response: HttpResponse) -> dict[str, Any]:
+    """The Lambda proxy answer, the same for payload 1.0 and 2.0: status, headers, a text body (never base64)."""
     return {
         "statusCode": response.status,
         "headers": {"Content-Type": JSON, **response.headers},
@@ -136,11 +133,9 @@ class ServerlessApp:
 
     def http(self, event: Mapping[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        version = "2.0" if event.get("version") == "2.0" or "rawPath" in event else "1.0"
         origin = None
         try:
             request = parse_http_event(event)
-            version = request.version
             origin = request.headers.get("origin")
             response = self.route(request)
         except BerthingError as error:
@@ -151,7 +146,7 @@ class ServerlessApp:
         preflight = response.status == 204 and not response.body
         response.headers.update(self.cors.headers(origin, preflight))
         log.debug("%s in %.1f ms", response.status, (time.perf_counter() - started) * 1000)
-        return envelope(response, version)
+        return envelope(response)
 
     def route(self, request: HttpRequest) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
