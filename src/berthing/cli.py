@@ -15,6 +15,7 @@ from berthing.types import BerthingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BERT-family encoders, from checkpoint to service.")
 console = Console(stderr=True, soft_wrap=True)
+_LOG_EVERY_S = 10.0  # berthing predict without a terminal: a progress line this often
 
 
 def _help(field: str) -> str:
@@ -346,10 +347,17 @@ def predict(
         with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
             job = bar.add_task(f"{loaded.name} ({loaded.spec.task})", total=total, rate="-")
 
+            logged = [started]
+
             def step(n: int) -> None:
                 done = bar.tasks[0].completed + n
-                elapsed = time.perf_counter() - started
-                bar.update(job, advance=n, rate=f"{done / elapsed:.0f}" if elapsed > 0 else "-")
+                now = time.perf_counter()
+                rate = done / (now - started) if now > started else 0.0
+                bar.update(job, advance=n, rate=f"{rate:.0f}")
+                if not console.is_terminal and now - logged[0] >= _LOG_EVERY_S:  # logs get a line, not a bar
+                    logged[0] = now
+                    left = f", eta {(total - done) / rate:.0f} s" if total and rate else ""
+                    console.print(f"{loaded.name}: {done}{f'/{total}' if total else ''} lines, {rate:.0f} items/s{left}")
 
             asyncio.run(batch.run(loaded, iter(reader), batch.Writer(out, fmt_out), step, summary=summary))
     except KeyboardInterrupt:
