@@ -54,7 +54,7 @@ def _threshold_flags(items: list[str] | None) -> dict[str, str] | None:
 def serve(
     models: Annotated[
         list[str] | None,
-        typer.Argument(help="NAME=SOURCE or SOURCE (checkpoint folder, hub id); none = the default model 'minilm'."),
+        typer.Argument(help="NAME=SOURCE or SOURCE (folder, package, s3://bucket/key, hub id); none = the default 'minilm'."),
     ] = None,
     models_option: Annotated[
         list[str] | None,
@@ -137,7 +137,10 @@ def serve(
 
 @app.command()
 def pack(
-    checkpoint: Annotated[Path | None, typer.Argument(help="HF checkpoint folder (omit with --from-mar).")] = None,
+    checkpoint_arg: Annotated[
+        str | None,
+        typer.Argument(metavar="CHECKPOINT", help="HF checkpoint folder or s3://bucket/key.tar.gz (omit with --from-mar)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Package name (default: the .mar's model name).")] = None,
     version: Annotated[str | None, typer.Option(help="Package version (default: the .mar's, else 1.0).")] = None,
     task: Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")] = None,
@@ -171,6 +174,7 @@ def pack(
     from berthing.packaging.tune import OptimizeRequest, summary
 
     thresholds = _threshold_flags(threshold)
+    checkpoint = Path(checkpoint_arg) if checkpoint_arg and not checkpoint_arg.startswith("s3://") else None
     try:
         request = OptimizeRequest(optimize, calibration, thresholds or {}, force)
     except BerthingError as exc:  # a wrong flag: usage error, before any export
@@ -184,7 +188,7 @@ def pack(
             if from_mar is not None:
                 from berthing.packaging.mar import open_mar
 
-                if checkpoint is not None:
+                if checkpoint_arg is not None:
                     raise BerthingError("give either a CHECKPOINT folder or --from-mar, not both")
                 mar = open_mar(from_mar, Path(work))
                 checkpoint, name, version = mar.folder, name or mar.name, version or mar.version
@@ -192,6 +196,13 @@ def pack(
                 if label_list is None and mar.labels and task in ("classify", "ner", None):
                     label_list, origin = mar.labels, "index_to_name.json"
                 source = {"mar": from_mar.name, "torchserve_handler": mar.handler}
+            if checkpoint_arg and checkpoint_arg.startswith("s3://"):
+                from berthing.packaging import s3
+
+                if not s3.is_tar(checkpoint_arg):
+                    raise BerthingError(f"{checkpoint_arg}: pack reads a checkpoint from S3 as .tar.gz, .tgz or .tar")
+                with console.status(f"fetching {checkpoint_arg}"):
+                    checkpoint = s3.checkpoint_folder(s3.fetch(checkpoint_arg, Settings().cache_dir))
             if checkpoint is None or not name:
                 raise BerthingError("pack needs a CHECKPOINT folder (or --from-mar FILE) and --name")
             if not checkpoint.is_dir():

@@ -223,3 +223,22 @@ def test_serve_and_register_from_s3(moto: MotoServer, packages, settings: Settin
     assert (refused.status_code, refused.json()["message"]) == (
         403, "source 's3://served/team-a/sentiment.berth' is not allowed: only the model store, or a prefix on allowed_sources")
     assert answer.status_code == 200 and answer.json()["label"].startswith("v2-")
+
+
+def test_pack_a_checkpoint_tar_gz_from_s3(moto: MotoServer, tiny_model_dir, tmp_path: Path) -> None:
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_model_dir("classify"), arcname="logbert")
+    _bucket(moto, "ckpts")
+    moto.client().upload_file(str(archive), "ckpts", "logbert/model.tar.gz")
+    env = {**os.environ, "BERTHING_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "berthing.cli", "pack", "s3://ckpts/logbert/model.tar.gz", "--name", "logbert",
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    package = Path(done.stdout.strip())
+    assert package == tmp_path / "out" / "logbert-1.0.berth" and package.is_file()
+    wrong = subprocess.run([sys.executable, "-m", "berthing.cli", "pack", "s3://ckpts/logbert/model.bin", "--name", "x"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert wrong.returncode == 1
+    message = "s3://ckpts/logbert/model.bin: pack reads a checkpoint from S3 as .tar.gz, .tgz or .tar"
+    assert message in " ".join(wrong.stderr.split())
