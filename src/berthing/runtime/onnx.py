@@ -29,6 +29,7 @@ class OnnxRuntime:
     def __init__(self, model_path: Path, threads: int) -> None:
         options = session_options(threads)
         self.threads = threads
+        self.model_path = model_path
         self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
 
