@@ -149,8 +149,36 @@ def test_a_loaded_model_adds_lanes_under_load_and_answers_the_same(two_thread_mo
     np.testing.assert_allclose(np.array(rows), np.array(expected), atol=1e-5)
 
 
+def test_many_cores_get_at_most_four_wider_lanes(settings: Settings, tiny_model_dir) -> None:
+    folder = Path(tiny_model_dir("embed"))
+    shapes = {}
+    for threads in (2, 3, 4, 8, 16):
+        model = load_model(ModelSource("m", folder), settings.model_copy(update={"threads": threads}).load_options())
+        shapes[threads] = model.lane_shape()
+    assert shapes == {2: (2, 1), 3: (3, 1), 4: (4, 1), 8: (4, 2), 16: (4, 4)}
+
+
 def test_lanes_off_or_one_thread_means_no_lanes(settings: Settings, tiny_model_dir) -> None:
     folder = Path(tiny_model_dir("embed"))
     off = load_model(ModelSource("off", folder), settings.model_copy(update={"threads": 2, "lanes": False}).load_options())
     one = load_model(ModelSource("one", folder), settings.model_copy(update={"threads": 1}).load_options())
     assert not off.lanes_planned() and not one.lanes_planned()
+
+
+def test_wider_lanes_are_built_with_their_thread_count(settings: Settings, tiny_model_dir) -> None:
+    options = settings.model_copy(update={"threads": 8, "max_batch_tokens": 64}).load_options()
+    model = load_model(ModelSource("wide", Path(tiny_model_dir("embed"))), options)
+    said: list[str] = []
+    model.on_lanes = said.append
+
+    async def main() -> None:
+        model.start()
+        await asyncio.gather(*(model.infer([f"text {i} " + "word " * (i % 9)], {}) for i in range(96)))
+        assert model._lane_task is not None
+        await model._lane_task
+        await model.stop()
+
+    asyncio.run(main())
+    assert [lane.threads for lane in model.lanes] == [2, 2, 2, 2]
+    assert said[0].startswith("wide: sustained load - added 4 lanes of 2 threads in ")
+    assert said[0].endswith("a batch that runs alone still takes all 8 cores")

@@ -26,6 +26,10 @@ from berthing.types import BadRequest, ModelLoadError, ModelNotFound, PayloadToo
 if TYPE_CHECKING:
     from berthing.handler import BaseHandler, Context
 
+# At most this many lanes: each is a whole session (~55 MB for MiniLM int8), so a many-core host gets fewer,
+# wider lanes (16 cores: 4 lanes x 4 threads) instead of one session per core. Measured only on 2 cores.
+MAX_LANES = 4
+
 # Requests with more items than this tokenize in a thread instead of on the event loop.
 _INLINE_TOKENIZE_ITEMS = 16
 
@@ -73,7 +77,7 @@ class Model:
         self.load_seconds = load_seconds
         self.batcher: Batcher | None = None
         self.make_runtime: Callable[[], Runtime] | None = None  # set by load_model; scaling up needs it
-        self.make_lane: Callable[[], Runtime] | None = None  # a single-thread runtime; None = no lanes
+        self.make_lane: Callable[[int], Runtime] | None = None  # a runtime of N threads for a lane; None = no lanes
         self.lanes: list[Runtime] = []  # built under sustained load (batcher.py explains lanes)
         self.on_lanes: Callable[[str], None] | None = None  # told what lanes were added, for the server's log
         self._lane_task: asyncio.Task[None] | None = None
@@ -134,6 +138,12 @@ class Model:
         """Whether sustained load will add lanes (or already has)."""
         return bool(self.lanes) or self._lanes_wanted()
 
+    def lane_shape(self) -> tuple[int, int]:
+        """(lanes, threads per lane) for the worker's cores: one-thread lanes up to MAX_LANES, wider ones beyond."""
+        cores = self.runtimes[0].threads
+        count = min(cores, MAX_LANES)
+        return count, cores // count
+
     def _lanes_wanted(self) -> bool:
         """Lanes pay off only for one worker with several threads: they split its cores under load."""
         return self.make_lane is not None and len(self.runtimes) == 1 and self.runtimes[0].threads > 1
@@ -146,21 +156,24 @@ class Model:
         async with self._scaling:
             if self.retired or self.lanes or not self._lanes_wanted() or self.batcher is None:
                 return
-            assert self.make_lane is not None
-            count = self.runtimes[0].threads
+            make = self.make_lane
+            assert make is not None
+            count, threads = self.lane_shape()
+            cores = self.runtimes[0].threads
+            what = f"{count} single-thread lanes" if threads == 1 else f"{count} lanes of {threads} threads"
             started = time.perf_counter()
             try:
-                lanes = await asyncio.to_thread(lambda: [self.make_lane() for _ in range(count)])  # type: ignore[misc]
+                lanes = await asyncio.to_thread(lambda: [make(threads) for _ in range(count)])
             except Exception as exc:  # noqa: BLE001 - lanes are an optimization; the worker keeps serving
-                self._say(f"{self.name}: could not add single-thread lanes ({type(exc).__name__}: {exc})")
+                self._say(f"{self.name}: could not add {what} ({type(exc).__name__}: {exc})")
                 return
             if self.retired or len(self.runtimes) != 1:
                 return
             self.lanes = lanes
             self.batcher.set_lanes([self._runner(r) for r in lanes])
             self._say(
-                f"{self.name}: sustained load - added {count} single-thread lanes in "
-                f"{time.perf_counter() - started:.2f} s; a batch that runs alone still takes all {count} cores"
+                f"{self.name}: sustained load - added {what} in "
+                f"{time.perf_counter() - started:.2f} s; a batch that runs alone still takes all {cores} cores"
             )
 
     def _say(self, message: str) -> None:
@@ -362,7 +375,7 @@ def load_model(
     model.optimization = meta.get("optimization") if options.runtime == "onnx" else None
     model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
     if options.lanes and options.runtime == "onnx":  # torch keeps one set of weights per runtime: no lanes
-        model.make_lane = lambda: _make_runtime(options.runtime, artifact, folder, spec, 1)
+        model.make_lane = lambda lane_threads: _make_runtime(options.runtime, artifact, folder, spec, lane_threads)
     weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
     model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
     attach_handler(model, folder, options)

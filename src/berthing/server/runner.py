@@ -104,7 +104,8 @@ def thread_plan(registry: Registry, cores: int) -> str:
 def _model_threads(model: Model) -> str:
     line = f"{model.name}: {len(model.runtimes)} worker x {model.runtimes[0].threads}"
     if model.lanes_planned():
-        line += f", or {model.runtimes[0].threads} lanes x 1 under load"
+        count, threads = model.lane_shape()
+        line += f", or {count} lanes x {threads} under load"
     return line
 
 
