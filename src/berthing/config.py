@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
     lanes: bool = Field(
         True,
-        description="Under sustained load, add one single-thread session per core beside a model's one multi-thread "
-        "worker (onnx); a batch that runs alone still takes every core.",
+        description="Under sustained load, add sessions that split a model's one multi-thread worker's cores (one "
+        "thread each, at most 4; onnx); a batch that runs alone still takes every core.",
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
     max_batch_tokens: int = Field(

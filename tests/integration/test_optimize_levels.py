@@ -142,7 +142,10 @@ def test_first_load_of_a_checkpoint_optimizes_once_into_the_cache(tiny_model_dir
     assert "optimizing: int8, then verifying it (once, cached)" in first
     assert "optimization: int8 (label_agreement 1.0000" in first
     cores = len(os.sched_getaffinity(0))  # ONNX Runtime takes every core; tokenizing stays on one thread
-    lanes = f", or {min(cores, 4)} lanes x {cores // min(cores, 4)} under load" if cores > 1 else ""
+    count = min(cores, 4)
+    split = [cores // count + (1 if i < cores % count else 0) for i in range(count)]
+    per = str(split[0]) if len(set(split)) == 1 else "+".join(map(str, split))
+    lanes = f", or {count} lanes x {per} under load" if cores > 1 else ""
     plan = f"threads: {cores} cores; {cores} model threads (s: 1 worker x {cores}{lanes}); tokenizer 1 thread; 1 event loop"
     assert plan in first
     built = sorted(p.name for p in (tmp_path / "onnx").iterdir() if not p.name.startswith("."))

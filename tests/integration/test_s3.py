@@ -242,3 +242,17 @@ def test_pack_a_checkpoint_tar_gz_from_s3(moto: MotoServer, tiny_model_dir, tmp_
     assert wrong.returncode == 1
     message = "s3://ckpts/logbert/model.bin: pack reads a checkpoint from S3 as .tar.gz, .tgz or .tar"
     assert message in " ".join(wrong.stderr.split())
+
+
+def test_a_tar_with_an_entry_outside_its_folder_is_refused(moto: MotoServer, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.txt"
+    evil.write_text("x")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(evil, arcname="../escape.txt")
+    _bucket(moto, "unsafe")
+    moto.client().upload_file(str(archive), "unsafe", "model.tar.gz")
+    with pytest.raises(ModelLoadError) as refused:
+        resolve("s3://unsafe/model.tar.gz", tmp_path / "cache")
+    assert refused.value.message.startswith("s3://unsafe/model.tar.gz holds an unsafe entry: ")
+    assert not (tmp_path / "cache" / "s3" / "escape.txt").exists()

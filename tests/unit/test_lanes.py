@@ -152,10 +152,10 @@ def test_a_loaded_model_adds_lanes_under_load_and_answers_the_same(two_thread_mo
 def test_many_cores_get_at_most_four_wider_lanes(settings: Settings, tiny_model_dir) -> None:
     folder = Path(tiny_model_dir("embed"))
     shapes = {}
-    for threads in (2, 3, 4, 8, 16):
+    for threads in (2, 3, 4, 6, 8, 16):
         model = load_model(ModelSource("m", folder), settings.model_copy(update={"threads": threads}).load_options())
-        shapes[threads] = model.lane_shape()
-    assert shapes == {2: (2, 1), 3: (3, 1), 4: (4, 1), 8: (4, 2), 16: (4, 4)}
+        shapes[threads] = model.lane_threads()
+    assert shapes == {2: [1, 1], 3: [1, 1, 1], 4: [1] * 4, 6: [2, 2, 1, 1], 8: [2] * 4, 16: [4] * 4}
 
 
 def test_lanes_off_or_one_thread_means_no_lanes(settings: Settings, tiny_model_dir) -> None:

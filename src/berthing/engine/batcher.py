@@ -4,9 +4,10 @@ A worker dispatches at once when it is idle (no waiting at low load); under load
 while a batch runs and the next batch takes them by token budget and similar length. Each worker
 runs its batches in its own thread, so the event loop never blocks on compute.
 
-Lanes: a model with one all-core worker can get single-thread sessions ("lanes", one per core) once load
-is sustained. Then the lanes take the batches, each on its own core, and a batch that finds nothing else
-running or queued runs on the all-core worker instead, so a lone request keeps the lowest latency.
+Lanes: a model with one all-core worker can get sessions that split its cores ("lanes": one thread each, at
+most 4, wider on more cores) once load is sustained. Then the lanes take the batches side by side, and a batch
+that finds nothing else running or queued runs on the all-core worker instead, so a lone request keeps the
+lowest latency.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ class Batcher:
 
     @property
     def lanes(self) -> int:
-        """Single-thread lanes taking batches now (0 until load builds them)."""
+        """Lanes taking batches now (0 until load builds them)."""
         return len(self._lanes)
 
     def set_lanes(self, runs: list[RunBatch]) -> None:
-        """Hand batches to `runs` (one per core); the single worker becomes the solo runner for lone batches."""
+        """Hand batches to `runs` (the lanes); the single worker becomes the solo runner for lone batches."""
         if self._lanes or len(self._runners) != 1 or not runs:
             raise BerthingError(f"model {self.name!r} can take lanes only once, with exactly one worker")
         self._solo = self._runners[0]

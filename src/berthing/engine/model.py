@@ -49,7 +49,7 @@ class LoadOptions:
     trust_handlers: bool = False  # run a package's handler.py (its own Python code)
     registry: Any = None  # the server's Registry, handed to custom handlers for ensembles
     optimize: Any = None  # tune.OptimizeRequest for a checkpoint's first load; None serves the fp32 export
-    lanes: bool = True  # under sustained load, add one single-thread session per core of the (single) worker
+    lanes: bool = True  # under sustained load, add up to MAX_LANES sessions that split the (single) worker's cores
 
 
 class Model:
@@ -138,11 +138,12 @@ class Model:
         """Whether sustained load will add lanes (or already has)."""
         return bool(self.lanes) or self._lanes_wanted()
 
-    def lane_shape(self) -> tuple[int, int]:
-        """(lanes, threads per lane) for the worker's cores: one-thread lanes up to MAX_LANES, wider ones beyond."""
+    def lane_threads(self) -> list[int]:
+        """Threads of each lane, splitting the worker's cores: one-thread lanes up to MAX_LANES, wider ones beyond
+        (6 cores: 2+2+1+1, so no core is left out; any idle lane takes the next batch)."""
         cores = self.runtimes[0].threads
         count = min(cores, MAX_LANES)
-        return count, cores // count
+        return [cores // count + (1 if i < cores % count else 0) for i in range(count)]
 
     def _lanes_wanted(self) -> bool:
         """Lanes pay off only for one worker with several threads: they split its cores under load."""
@@ -158,12 +159,12 @@ class Model:
                 return
             make = self.make_lane
             assert make is not None
-            count, threads = self.lane_shape()
+            threads = self.lane_threads()
             cores = self.runtimes[0].threads
-            what = f"{count} single-thread lanes" if threads == 1 else f"{count} lanes of {threads} threads"
+            what = f"{len(threads)} {describe_lanes(threads)}"
             started = time.perf_counter()
             try:
-                lanes = await asyncio.to_thread(lambda: [make(threads) for _ in range(count)])
+                lanes = await asyncio.to_thread(lambda: [make(n) for n in threads])
             except Exception as exc:  # noqa: BLE001 - lanes are an optimization; the worker keeps serving
                 self._say(f"{self.name}: could not add {what} ({type(exc).__name__}: {exc})")
                 return
@@ -305,6 +306,13 @@ class Model:
                 "maxQueue": self.limits.max_queue,
             },
         }
+
+
+def describe_lanes(threads: list[int]) -> str:
+    """'single-thread lanes', 'lanes of 4 threads' or 'lanes of 2+2+1+1 threads', for logs and the start line."""
+    if set(threads) == {1}:
+        return "single-thread lanes"
+    return f"lanes of {threads[0] if len(set(threads)) == 1 else '+'.join(map(str, threads))} threads"
 
 
 def _optimization_brief(record: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -103,11 +103,11 @@ def _bucket_exists(s3: Any, bucket: str) -> bool:
     return True
 
 
-def fetch(url: str, cache_dir: Path, progress: Callable[[str], None] | None = None, s3: Any = None) -> S3Object:
+def fetch(url: str, cache_dir: Path, progress: Callable[[str], None] | None = None) -> S3Object:
     """The object at `url` in the cache, downloaded only when its ETag differs from the cached copy's."""
     bucket, key = split_url(url)
     say = progress or (lambda _message: None)
-    s3 = s3 or client()
+    s3 = client()
     folder = cache_dir / "s3" / hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:32]
     meta_file = folder / "object.json"
     name = Path(key).name
@@ -160,10 +160,10 @@ def checkpoint_folder(obj: S3Object) -> Path:
                     raise ModelLoadError(f"{obj.url} unpacks to {total / 1e9:.1f} GB, over the limit of {limit}")
                 tar.extractall(tmp, filter="data")  # refuses absolute paths, '..', links out of the folder, devices
             os.rename(tmp, target)
+        except tarfile.FilterError as exc:  # a subclass of TarError: caught first, or its message is lost
+            raise ModelLoadError(f"{obj.url} holds an unsafe entry: {exc}") from None
         except tarfile.TarError as exc:
             raise ModelLoadError(f"{obj.url} is not a readable tar archive: {exc}") from None
-        except tarfile.FilterError as exc:  # pragma: no cover - a subclass of TarError on 3.12; kept explicit
-            raise ModelLoadError(f"{obj.url} holds an unsafe entry: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     configs = sorted(target.rglob("config.json"), key=lambda p: len(p.parts))

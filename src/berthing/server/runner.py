@@ -104,8 +104,9 @@ def thread_plan(registry: Registry, cores: int) -> str:
 def _model_threads(model: Model) -> str:
     line = f"{model.name}: {len(model.runtimes)} worker x {model.runtimes[0].threads}"
     if model.lanes_planned():
-        count, threads = model.lane_shape()
-        line += f", or {count} lanes x {threads} under load"
+        threads = model.lane_threads()
+        per = str(threads[0]) if len(set(threads)) == 1 else "+".join(map(str, threads))
+        line += f", or {len(threads)} lanes x {per} under load"
     return line
 
 

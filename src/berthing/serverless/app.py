@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from berthing.config import Settings
 from berthing.registry import Registry
 from berthing.server.protocols import torchserve
@@ -199,15 +201,9 @@ class ServerlessApp:
             body = data.pop("body") if set(data) == {"body"} else data  # {"model", "body": ...} works too
             raw = body.encode("utf-8") if isinstance(body, str) else torchserve.dumps(body)
             content_type = "text/plain" if isinstance(body, str) else JSON
-            return _loads(self.predict(str(name), None if version is None else str(version), raw, content_type))
+            return orjson.loads(self.predict(str(name), None if version is None else str(version), raw, content_type))
         except BerthingError as error:
             return error.to_dict()
-
-
-def _loads(data: bytes) -> Any:
-    import orjson
-
-    return orjson.loads(data)
 
 
 def _method_not_allowed(where: str, allowed: str) -> HttpResponse:
