@@ -80,8 +80,14 @@ CASES = [
          Int8Config(name="q-outliers", outlier_ratio=0.0, smooth_alpha=0.0)),
     Case("q-outliers-token", "int8", "per-channel + 8 outlier channels fp32 everywhere + per-token scaling",
          Int8Config(name="q-outliers-token", outlier_ratio=0.0, smooth_alpha=0.0, per_token=True)),
-    Case("int8", "int8", "berthing default: outlier split where max/median channel range >= 6, else SmoothQuant 0.85 "
-         "on LayerNorm-fed inputs", None),
+    Case("int8-split-ln", "int8", "berthing int8 until 2026-11-29: outlier split where max/median channel range >= 6 "
+         "(LayerNorm-fed FFN inputs too), else SmoothQuant 0.85 on LayerNorm-fed inputs",
+         Int8Config(name="int8-split-ln", split_layernorm_inputs=True, fold_key_mask=False)),
+    Case("int8-nofold", "int8", "berthing default without the key-mask fold (padding mask added to the scores)",
+         Int8Config(name="int8-nofold", fold_key_mask=False)),
+    Case("int8-a0.5", "int8", "berthing default with SmoothQuant a=0.5", Int8Config(name="int8-a0.5", smooth_alpha=0.5)),
+    Case("int8", "int8", "berthing default: SmoothQuant 0.85 on every LayerNorm-fed input, outlier split on the "
+         "others (GELU outputs) where max/median channel range >= 6", None),
     Case("fp32-eager", "none", "fp32, exported with eager attention (not SDPA)", eager=True),
     Case("fused-eager", "fused", "eager export, ORT transformer optimizer (Attention, EmbedLayerNorm fuse too)", eager=True),
     Case("int8-eager", "int8", "eager export, berthing default int8", eager=True),

@@ -130,6 +130,88 @@ def test_int8_keeps_outlier_channels_in_fp32_and_can_be_plain(artifact, tmp_path
         assert np.isfinite(_run(path)).all()
 
 
+def test_int8_smooths_layernorm_fed_inputs_and_splits_only_the_others(artifact, tmp_path: Path) -> None:
+    """A split LayerNorm-fed input costs a full-width fp32 product and add per MatMul group; SmoothQuant costs one
+    narrow Mul, so by default only inputs no LayerNorm feeds (GELU outputs, attention contexts) are split."""
+    src = artifact("embed")
+    spec = _spec(src)
+    every = {"outlier_ratio": 0.0}  # treat every input as skewed
+    default = optimize_with_record(src / "model.onnx", "int8", tmp_path / "d", spec, config=Int8Config(**every)).record
+    old = Int8Config(split_layernorm_inputs=True, **every)
+    split_all = optimize_with_record(src / "model.onnx", "int8", tmp_path / "s", spec, config=old).record
+    layers = 2  # the tiny test model's encoder layers
+    # per layer: Q/K/V share the attention LayerNorm's output, the FFN reads the next one
+    assert default["int8"]["smoothed_inputs"] == 2 * layers
+    assert default["int8"]["outlier_inputs"] == 2 * layers  # attention context and GELU output
+    assert split_all["int8"]["smoothed_inputs"] == 0
+    assert split_all["int8"]["outlier_inputs"] == 4 * layers
+    assert default["int8"]["config"]["split_layernorm_inputs"] is False
+
+
+@pytest.mark.parametrize("kind", ["embed", "distilbert-embed", "roberta-embed", "electra-embed", "mpnet-embed"])
+def test_key_mask_fold_keeps_every_real_token_output(kind: str, artifact, tmp_path: Path) -> None:
+    """Padding moved from the scores into the QK product: the real tokens' outputs stay what they were (fp32),
+    or, for an attention the fold does not recognise, the graph is left alone."""
+    from berthing.packaging.optimize import detect_heads, fold_key_mask, save_model
+
+    src = artifact(kind)
+    model = onnx.load(str(src / "model.onnx"))
+    spec = _spec(src)
+    folded = fold_key_mask(model, detect_heads(model, spec.hidden_size))
+    save_model(model, tmp_path / "folded.onnx")
+    before, after = _run(src / "model.onnx"), _run(tmp_path / "folded.onnx")
+    real = np.ones((3, 9), dtype=bool)
+    real[1:, 6:] = False  # _feeds pads the last two rows
+    np.testing.assert_allclose(after[real], before[real], rtol=0, atol=1e-5)
+    ops = [n.op_type for n in model.graph.node]
+    expected = {"embed": 2, "distilbert-embed": 2, "roberta-embed": 2, "electra-embed": 2, "mpnet-embed": 0}[kind]
+    assert folded == expected, ops
+    if folded:
+        assert "Expand" in ops and ops.count("Pad") == folded  # one ones-column per layer, the old [B,1,S,S] mask gone
+
+
+def test_int8_folds_the_key_mask_and_refuses_a_fold_that_changes_outputs(artifact, tmp_path: Path, monkeypatch) -> None:
+    import berthing.packaging.optimize as optimize_module
+
+    src = artifact("embed")
+    spec = _spec(src)
+    on = optimize_with_record(src / "model.onnx", "int8", tmp_path / "on", spec).record["int8"]
+    off_config = Int8Config(fold_key_mask=False)
+    off = optimize_with_record(src / "model.onnx", "int8", tmp_path / "off", spec, config=off_config).record["int8"]
+    assert on["key_mask_folded"] == 2 and on["key_mask_difference"] <= 1e-6
+    assert off["key_mask_folded"] == 0 and off["key_mask_difference"] is None
+    softmax_inputs = {n.input[0] for n in onnx.load(str(tmp_path / "on" / "model.onnx")).graph.node if n.op_type == "Softmax"}
+    producers = {o: n.op_type for n in onnx.load(str(tmp_path / "on" / "model.onnx")).graph.node for o in n.output}
+    assert {producers[i] for i in softmax_inputs} != {"Add"}  # the scores go straight to softmax
+    monkeypatch.setattr(optimize_module, "KEY_MASK_VALUE", 60.0)  # a fold that attends to padding: must be refused
+    wrong = optimize_with_record(src / "model.onnx", "int8", tmp_path / "wrong", spec).record["int8"]
+    assert wrong["key_mask_folded"] == 0 and wrong["key_mask_difference"] > 1e-4
+
+
+def test_sessions_leave_skip_layernorm_unfused(artifact, tmp_path: Path) -> None:
+    """ONNX Runtime would fuse Add + LayerNormalization into its slower SkipLayerNormalization kernel; berthing's
+    sessions keep them apart. Checked on the graph ONNX Runtime writes after its optimizations, for an int8 graph
+    (the fusion needs the shapes that quantization records; a plain export does not fuse either way)."""
+    from berthing.runtime.onnx import DISABLED_OPTIMIZERS, create_session, session_options
+
+    src = artifact("embed")
+    int8 = optimize_with_record(src / "model.onnx", "int8", tmp_path / "int8", _spec(src)).path
+    fused_path, ours_path = tmp_path / "ort-default.onnx", tmp_path / "berthing.onnx"
+    options = session_options(1)
+    options.optimized_model_filepath = str(fused_path)
+    ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    options = session_options(1)
+    options.optimized_model_filepath = str(ours_path)
+    create_session(int8, options)
+
+    def ops(path: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    assert "SkipLayerNormalization" in ops(fused_path)  # the fusion exists under this name: disabling it means something
+    assert "SkipLayerNormalization" not in ops(ours_path) and "LayerNormalization" in ops(ours_path)
+    assert DISABLED_OPTIMIZERS == ("SkipLayerNormFusion",)
+
+
 @pytest.mark.parametrize("kind", ["embed", "roberta-classify"])
 def test_word_embeddings_become_int8_rows_with_their_own_scales(kind: str, artifact, tmp_path: Path) -> None:
     src = artifact(kind)

@@ -7,14 +7,15 @@ median channel stays near 2; the GELU outputs have similar ones), so one scale w
 per-tensor weights drift to cosine 0.78 against sentence-transformers, per-channel weights still to 0.94-0.95.
 The default here measures each MatMul input's channel ranges on a built-in calibration sample, then
 
-- where the largest channel range is >= 6x the median one (MiniLM: every FFN input, the early GELU outputs),
-  keeps the 8 largest channels in a small fp32 side MatMul and quantizes the rest (x @ W = (x * keep) @ W +
-  x[..., idx] @ W[idx]);
-- elsewhere, for LayerNorm-fed inputs (the Q/K/V projections), applies SmoothQuant (alpha 0.85): x @ W =
-  (x / s) @ (s * W), moving activation range into the per-channel-quantized weights.
+- applies SmoothQuant (alpha 0.85) to every LayerNorm-fed input (the Q/K/V projections, the FFN input): x @ W =
+  (x / s) @ (s * W), moving activation range into the per-channel-quantized weights for one narrow Mul;
+- on the other inputs (GELU outputs, attention contexts), where the largest channel range is >= 6x the median one
+  (MiniLM: the early GELU outputs), keeps the 8 largest channels in a small fp32 side MatMul and quantizes the rest
+  (x @ W = (x * keep) @ W + x[..., idx] @ W[idx]). Splitting the FFN inputs too (split_layernorm_inputs) is a bit
+  more accurate but adds a full-width fp32 product and add per layer (-10% sentences/s).
 
-On MiniLM that gives worst cosine 0.988, mean 0.998 on the calibration texts (held out: 0.995 / 0.9987) at
-1.85x fp32's sentences/s on 2 AVX-512/VNNI cores; the other configurations tried are in
+On MiniLM that gives worst cosine 0.984, mean 0.998 on the calibration texts (held out: 0.995 / 0.9984) at
+2.0x fp32's sentences/s on 2 AVX-512/VNNI cores; the other configurations tried are in
 benchmarks/optimize_bench.py and its table.
 
 onnxruntime and onnx are imported inside the functions: the serving path imports this module's names only
@@ -64,10 +65,12 @@ class Int8Config:
     outlier_ratio: float = 6.0  # split only inputs whose largest channel range is >= this x the median channel's
     per_token: bool = False  # scale each token's activations to [-1, 1] before quantizing (slower)
     smooth_alpha: float = 0.85  # SmoothQuant on LayerNorm-fed inputs that are not split: range moves into weights
+    split_layernorm_inputs: bool = False  # split LayerNorm-fed inputs with outliers too, instead of smoothing them
     min_out_features: int = 17  # heads with fewer outputs (labels, QA's 2, a reranker's 1) stay fp32
     exclude: tuple[str, ...] = ()
     fuse_first: bool = False  # run the transformer fusions before quantizing
     embedding_rows: bool = True  # word-embedding table as int8 with one scale per row (~4x less memory per session)
+    fold_key_mask: bool = True  # padding mask inside the QK product instead of a pass over the scores (fold_key_mask)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for package manifests."""
@@ -475,6 +478,144 @@ def _smooth(g: _Graph, x: str, nodes: list[Any], top: np.ndarray, alpha: float) 
     return out, s
 
 
+# Softmax input for padded keys after the key-mask fold: far enough below any real score that its weight vanishes in
+# fp32 (e^-60 ~ 1e-26), near enough that exp stays in ONNX Runtime's fast path (inputs below ~-87 from the row's max
+# take a slow one: 6x slower softmax for rows with padding at finfo.min, the exporter's value).
+KEY_MASK_VALUE = -60.0
+
+
+def _scalar(g: _Graph, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    if name in g.inits and int(np.prod(g.inits[name].dims)) == 1:
+        return float(numpy_helper.to_array(g.inits[name]).reshape(-1)[0])
+    node = next((n for n in g.model.graph.node if name in n.output and n.op_type == "Constant"), None)
+    if node is not None and node.attribute and node.attribute[0].name == "value":
+        value = numpy_helper.to_array(node.attribute[0].t)
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+    return None
+
+
+def fold_key_mask(model: Any, num_heads: int) -> int:
+    """Move the padding mask out of the [batch, heads, tokens, tokens] scores and into the QK product: Q gets a
+    column of ones, K^T a row holding each key's mask value, so Q'K'^T = QK^T + mask with no extra pass over the
+    scores (and with KEY_MASK_VALUE, softmax stays on its fast path). Returns the attention layers changed; 0 where
+    the graph does not have the expected Softmax(Add(scale * MatMul(Q, K^T), mask)) shape. quantize() checks the
+    result against the unfolded graph and keeps it only when they agree."""
+    from onnx import helper
+
+    inputs = {i.name for i in model.graph.input}
+    if "attention_mask" not in inputs or num_heads <= 0 or _opset(model) < 13:
+        return 0
+    g = _Graph(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    plans: list[tuple[Any, Any, Any, float]] = []
+    for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        add = producers.get(softmax.input[0])
+        if add is None or add.op_type != "Add" or len(g.users.get(add.output[0], [])) != 1:
+            return 0
+        product_ops = ("Mul", "Div", "MatMul")
+        scores = next((i for i in add.input if (p := producers.get(i)) is not None and p.op_type in product_ops), None)
+        if scores is None:
+            return 0
+        node, scale = producers[scores], 1.0
+        if node.op_type in ("Mul", "Div"):
+            const = next((v for i in node.input if (v := _scalar(g, i)) is not None), None)
+            matmul = next((producers[i] for i in node.input if i in producers and producers[i].op_type == "MatMul"), None)
+            if const is None or const == 0 or matmul is None:
+                return 0
+            scale, node = (const if node.op_type == "Mul" else 1.0 / const), matmul
+        transposes = [producers.get(i) for i in node.input]
+        if any(t is None or t.op_type != "Transpose" or len(t.attribute[0].ints) != 4 for t in transposes):
+            return 0
+        plans.append((add, node, scores, scale))
+    if not plans:
+        return 0
+    g.const("key_mask/one", np.array(1.0, dtype=np.float32))
+    g.const("key_mask/axes", np.array([1, 2], dtype=np.int64))
+    g.const("key_mask/heads", np.array([1, num_heads, 1, 1], dtype=np.int64))
+    g.const("key_mask/pads", np.array([0, 0, 0, 0, 0, 0, 0, 1], dtype=np.int64))
+    head = [
+        helper.make_node("Cast", ["attention_mask"], ["key_mask/real"], name="key_mask/cast", to=1),
+        helper.make_node("Sub", ["key_mask/one", "key_mask/real"], ["key_mask/padded"], name="key_mask/padded"),
+    ]
+    rows: dict[float, str] = {}
+    for add, matmul, scores, scale in plans:
+        if scale not in rows:  # the mask row is scaled with the product, so it lands at KEY_MASK_VALUE
+            tag = f"key_mask/{len(rows)}"
+            value = g.const(f"{tag}/value", np.array(KEY_MASK_VALUE / scale, dtype=np.float32))
+            head += [
+                helper.make_node("Mul", ["key_mask/padded", value], [f"{tag}/values"], name=f"{tag}/values"),
+                helper.make_node("Unsqueeze", [f"{tag}/values", "key_mask/axes"], [f"{tag}/row1"], name=f"{tag}/row1"),
+                helper.make_node("Expand", [f"{tag}/row1", "key_mask/heads"], [f"{tag}/row"], name=f"{tag}/row"),
+            ]
+            rows[scale] = f"{tag}/row"
+        q, kt = matmul.input[0], matmul.input[1]
+        matmul.input[0], matmul.input[1] = f"{q}/with_ones", f"{kt}/with_mask"
+        pad = helper.make_node(
+            "Pad", [q, "key_mask/pads", "key_mask/one"], [f"{q}/with_ones"], name=f"{matmul.name}/ones", mode="constant"
+        )
+        row = helper.make_node("Concat", [kt, rows[scale]], [f"{kt}/with_mask"], name=f"{matmul.name}/mask_row", axis=2)
+        g.insert(matmul, [pad, row])
+        for user in g.users.get(add.output[0], []):
+            user.input[:] = [scores if i == add.output[0] else i for i in user.input]
+        model.graph.node.remove(add)
+    for node in reversed(head):
+        model.graph.node.insert(0, node)
+    _drop_dead_nodes(model)
+    g.drop_unused()
+    return len(plans)
+
+
+_FOLD_TOLERANCE = 1e-4  # relative; the fold is exact up to e^KEY_MASK_VALUE, so anything larger is another graph
+
+
+def _max_difference(before: Any, after: Any, spec: ModelSpec, tokenizer: Path, texts: Sequence[str]) -> float:
+    """Largest |after - before| over the real tokens' outputs (relative to before's largest), fp32, on one batch of
+    calibration texts of mixed lengths (so padded keys are in play)."""
+    import onnxruntime as ort
+
+    from berthing.tasks.tokenize import Encoder
+
+    encoder = Encoder(tokenizer, spec.max_length, spec.uses_token_types)
+    items = encoder.encode(list(texts)[:16])
+    features = encoder.collate(items)
+    real = features.attention_mask.astype(bool)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    results = []
+    with tempfile.TemporaryDirectory(prefix="berthing-fold-") as tmp:
+        for i, model in enumerate((before, after)):
+            path = Path(tmp) / f"{i}.onnx"
+            save_model(model, path)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
+            if "token_type_ids" in {x.name for x in session.get_inputs()}:
+                types = features.token_type_ids
+                feeds["token_type_ids"] = types if types is not None else np.zeros_like(features.input_ids)
+            results.append(session.run(None, feeds))
+    worst = 0.0
+    for a, b in zip(*results, strict=True):
+        if a.ndim >= 2 and a.shape[:2] == real.shape:
+            a, b = a[real], b[real]
+        scale = max(float(np.abs(a).max()), 1e-6)
+        worst = max(worst, float(np.abs(a - b).max()) / scale)
+    return worst
+
+
+def _drop_dead_nodes(model: Any) -> None:
+    """Remove nodes no graph output depends on (the old mask's Expand/Where chain after fold_key_mask)."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(list(model.graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+
+
 def quantize(
     model: Any, spec: ModelSpec, cfg: Int8Config, tokenizer: Path, texts: list[str] | None = None
 ) -> tuple[Any, dict[str, Any]]:
@@ -482,6 +623,17 @@ def quantize(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    folded, difference = 0, None
+    if cfg.fold_key_mask and tokenizer.is_file():
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        folded = fold_key_mask(trial, detect_heads(model, _hidden_size(model, spec)))
+        if folded:
+            difference = _max_difference(model, trial, spec, tokenizer, texts or calibration_texts())
+            if difference <= _FOLD_TOLERANCE:
+                model = trial
+            else:  # another attention shape than the fold assumes: keep the graph as exported
+                folded = 0
     groups = _const_matmuls(model, cfg)
     ranges: dict[str, np.ndarray] = {}
     sample: list[str] = []
@@ -500,11 +652,13 @@ def quantize(
         top = ranges.get(x)
         k = min(cfg.outlier_channels, top.shape[0] // 8) if top is not None else 0
         spread = float(top.max() / max(float(np.median(top)), 1e-12)) if top is not None else 0.0
-        if top is not None and k > 0 and spread >= cfg.outlier_ratio:
+        layernorm_fed = g.producer_type(x).endswith("LayerNormalization")
+        smooth_instead = layernorm_fed and cfg.smooth_alpha > 0 and not cfg.split_layernorm_inputs
+        if top is not None and k > 0 and spread >= cfg.outlier_ratio and not smooth_instead:
             current, side = _split_outliers(g, current, nodes, top, k)
             kept_fp32 += side
             outliers[x] = k
-        elif cfg.smooth_alpha > 0 and top is not None and g.producer_type(x).endswith("LayerNormalization"):
+        elif cfg.smooth_alpha > 0 and top is not None and layernorm_fed:
             current, _ = _smooth(g, current, nodes, top, cfg.smooth_alpha)
             smoothed += 1
         if cfg.per_token:
@@ -537,6 +691,8 @@ def quantize(
         "smoothed_inputs": smoothed,
         "calibration_texts": len(sample),
         "int8_embedding_tables": rows,
+        "key_mask_folded": folded,  # attention layers whose padding mask moved into the QK product
+        "key_mask_difference": difference,  # largest relative output change it made, fp32, on padded batches
     }
     return result, record
 

@@ -9,9 +9,16 @@ import onnxruntime as ort
 
 from berthing.tasks.tokenize import Features
 
+# ONNX Runtime fusions left off: its CPU SkipLayerNormalization kernel runs slower than the Add and
+# LayerNormalization it replaces (onnxruntime 1.32, 2 AVX-512 cores, all-MiniLM-L6-v2 int8: +12-15% sentences/s on
+# one thread, +6-9% on two; benchmarks/README.md, "SkipLayerNormalization"). Accuracy is unchanged. The fusion only
+# fires on graphs that carry shapes (int8 ones do; berthing's fp32 exports do not fuse either way).
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """All graph optimizations, `threads` intra-op threads (spinning on: measured faster), sequential execution."""
+    """All graph optimizations (but DISABLED_OPTIMIZERS, per session), `threads` intra-op threads (spinning on: measured
+    faster), sequential execution."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -21,8 +28,15 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
+def create_session(model_path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """A CPU session with DISABLED_OPTIMIZERS left off; every berthing session goes through here."""
+    return ort.InferenceSession(
+        str(model_path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_OPTIMIZERS)
+    )
+
+
 class OnnxRuntime:
-    """One InferenceSession with all graph optimizations and a fixed intra-op thread count."""
+    """One InferenceSession with the graph optimizations above and a fixed intra-op thread count."""
 
     name = "onnx"
 
@@ -30,7 +44,7 @@ class OnnxRuntime:
         options = session_options(threads)
         self.threads = threads
         self.model_path = model_path
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = create_session(model_path, options)
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     def run(self, features: Features) -> np.ndarray:
