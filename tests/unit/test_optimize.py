@@ -186,6 +186,12 @@ def test_int8_folds_the_key_mask_and_refuses_a_fold_that_changes_outputs(artifac
     monkeypatch.setattr(optimize_module, "KEY_MASK_VALUE", 60.0)  # a fold that attends to padding: must be refused
     wrong = optimize_with_record(src / "model.onnx", "int8", tmp_path / "wrong", spec).record["int8"]
     assert wrong["key_mask_folded"] == 0 and wrong["key_mask_difference"] > 1e-4
+    monkeypatch.setattr(optimize_module, "KEY_MASK_VALUE", -60.0)
+    monkeypatch.setattr(optimize_module, "detect_heads", lambda model, hidden: 3)  # a mask row of the wrong width
+    broken = optimize_with_record(src / "model.onnx", "int8", tmp_path / "broken", spec)
+    assert broken.record["int8"]["key_mask_folded"] == 0 and broken.record["int8"]["key_mask_difference"] is None
+    assert np.isfinite(_run(broken.path)).all()  # the int8 graph is built all the same, unfolded
+    json.dumps(broken.record, allow_nan=False)  # manifests stay strict JSON
 
 
 def test_sessions_leave_skip_layernorm_unfused(artifact, tmp_path: Path) -> None:
