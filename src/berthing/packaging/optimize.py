@@ -573,6 +573,7 @@ _FOLD_TOLERANCE = 1e-4  # relative; the fold is exact up to e^KEY_MASK_VALUE, so
 def _max_difference(before: Any, after: Any, spec: ModelSpec, tokenizer: Path, texts: Sequence[str]) -> float:
     """Largest |after - before| over the real tokens' outputs (relative to before's largest), fp32, on one batch of
     calibration texts of mixed lengths (so padded keys are in play)."""
+    import onnx
     import onnxruntime as ort
 
     from berthing.tasks.tokenize import Encoder
@@ -588,7 +589,9 @@ def _max_difference(before: Any, after: Any, spec: ModelSpec, tokenizer: Path, t
     with tempfile.TemporaryDirectory(prefix="berthing-fold-") as tmp:
         for i, model in enumerate((before, after)):
             path = Path(tmp) / f"{i}.onnx"
-            save_model(model, path)
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves to point at the file
+            save_model(copy, path)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
             if "token_type_ids" in {x.name for x in session.get_inputs()}:
