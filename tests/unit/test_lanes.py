@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from berthing.engine.batcher import LOAD_STREAK, Batcher, BatchLimits
+from berthing.engine.batcher import LANE_IN_FLIGHT, LOAD_STREAK, Batcher, BatchLimits
 from berthing.engine.model import load_model
 from berthing.packaging.sources import ModelSource
 from berthing.tasks.tokenize import Encoded
@@ -89,6 +89,44 @@ def test_lanes_share_the_queue_and_a_lone_batch_runs_on_all_cores() -> None:
     assert max(c[1] for c in lanes) == 4  # each lane's budget is 80 // 2 padded tokens: 4 items of 10
     assert any(overlaps(a, b) for a in lanes for b in lanes if a[0] != b[0])  # both cores busy at once
     assert not any(overlaps(s, lane) for s in solo for lane in lanes)  # the solo session never competes with them
+
+
+def test_a_lane_has_its_next_batch_waiting_and_runs_one_at_a_time() -> None:
+    """While a lane's batch runs, its next batch is already taken from the queue (the lane never waits on the event
+    loop between batches), but a lane's batches never overlap each other; batch times count the run alone."""
+    rec = Recorder()
+    release = threading.Event()
+    observed: list[tuple[int, float]] = []
+
+    def blocking(items: list[Encoded]) -> np.ndarray:
+        started = time.perf_counter()
+        release.wait(5)
+        with rec.lock:
+            rec.calls.append(("lane0", len(items), started, time.perf_counter()))
+        return np.array([[float(item.source)] for item in items])
+
+    async def main() -> None:
+        batcher = Batcher("m", [rec.runner("solo")], BatchLimits(max_batch_tokens=80),
+                          on_batch=lambda n, padded, real, seconds: observed.append((n, seconds)))
+        batcher.start()
+        batcher.set_lanes([blocking])  # one lane (budget 80: 8 items of 10)
+        futures = batcher.submit(items(20))
+        for _ in range(100):  # the first batch blocks in the lane; the second is taken meanwhile
+            await asyncio.sleep(0.01)
+            if batcher.depth == 20 - LANE_IN_FLIGHT * 8:
+                break
+        assert batcher.depth == 20 - LANE_IN_FLIGHT * 8 and len(rec.calls) == 0
+        await asyncio.sleep(0.05)
+        release.set()
+        rows = await asyncio.gather(*futures)
+        assert [float(r[0]) for r in rows] == [float(i) for i in range(20)]
+        await batcher.close()
+
+    asyncio.run(main())
+    lane = sorted((c for c in rec.calls if c[0] == "lane0"), key=lambda c: c[2])
+    assert [c[1] for c in lane] == [8, 8, 4]
+    assert not any(overlaps(a, b) for a in lane for b in lane if a is not b)  # one thread per lane
+    assert observed[1][1] < 0.05  # the second batch waited ~0.05 s in the lane's queue: not counted as compute
 
 
 def test_dropping_lanes_hands_batches_back_to_the_worker() -> None:

@@ -2,7 +2,8 @@
 
 A worker dispatches at once when it is idle (no waiting at low load); under load, items pile up
 while a batch runs and the next batch takes them by token budget and similar length. Each worker
-runs its batches in its own thread, so the event loop never blocks on compute.
+runs its batches in its own thread, so the event loop never blocks on compute; a lane gets two batches at a time
+(LANE_IN_FLIGHT), so its thread never waits on the event loop between them.
 
 Lanes: a model with one all-core worker can get sessions that split its cores ("lanes": one thread each, at
 most 4, wider on more cores) once load is sustained. Then the lanes take the batches side by side, and a batch
@@ -35,6 +36,19 @@ BatchObserver = Callable[[int, int, int, float], None]
 
 # Batches that end with more items queued, in a row, before the batcher calls on_load (lanes are built then).
 LOAD_STREAK = 3
+# Batches handed to each lane at once: while one runs, the next is already formed and waits in the lane's own
+# one-thread executor, so a lane goes from batch to batch without waiting for the event loop to hand it one
+# (benchmarks/README.md, "two batches in flight per lane": long texts at concurrency 8 +13%, p99 at concurrency 32
+# -15 to -25%). Workers keep one: a second batch formed early would be smaller, and batches that end with items
+# still queued are what tells the batcher to build the lanes.
+LANE_IN_FLIGHT = 2
+
+
+def _timed(run: RunBatch, items: list[Encoded]) -> tuple[np.ndarray, float]:
+    """Run a batch and time the run alone (a lane's next batch waits in its executor first; that is not compute)."""
+    started = time.perf_counter()
+    rows = run(items)
+    return rows, time.perf_counter() - started
 
 
 @dataclass(slots=True)
@@ -73,9 +87,9 @@ class Batcher:
         self._idle: asyncio.Event | None = None
         self._busy = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._workers: dict[RunBatch, asyncio.Task[None]] = {}
+        self._workers: dict[RunBatch, list[asyncio.Task[None]]] = {}
+        self._executors: dict[RunBatch, ThreadPoolExecutor] = {}  # one thread per runner: its batches run in order
         self._retiring: set[RunBatch] = set()
-        self._executor: ThreadPoolExecutor | None = None
         self._on_load = on_load  # called once, when batches keep ending with items queued
         self._streak = 0
         self._lanes: list[RunBatch] = []
@@ -98,14 +112,16 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(64, thread_name_prefix=f"berthing-{self.name}")  # threads start lazily
-        for run in [*self._runners, *self._lanes]:
+        for run in self._runners:
             self._spawn(run)
+        for run in self._lanes:
+            self._spawn(run, LANE_IN_FLIGHT)
 
-    def _spawn(self, run: RunBatch) -> None:
-        task = asyncio.create_task(self._work(run))
-        self._workers[run] = task
-        self._tasks.append(task)
+    def _spawn(self, run: RunBatch, in_flight: int = 1) -> None:
+        self._executors[run] = ThreadPoolExecutor(1, thread_name_prefix=f"berthing-{self.name}")  # starts lazily
+        tasks = [asyncio.create_task(self._work(run)) for _ in range(in_flight)]
+        self._workers[run] = tasks
+        self._tasks.extend(tasks)
 
     @property
     def workers(self) -> int:
@@ -125,7 +141,7 @@ class Batcher:
         self._lanes = list(runs)
         if self._tasks:
             for run in self._lanes:
-                self._spawn(run)
+                self._spawn(run, LANE_IN_FLIGHT)
 
     async def drop_lanes(self) -> list[RunBatch]:
         """Stop the lanes (their in-flight batches finish); the solo worker takes batches alone again."""
@@ -153,16 +169,18 @@ class Batcher:
         await self._stop_worker(run)
 
     async def _stop_worker(self, run: RunBatch) -> None:
-        task = self._workers.pop(run, None)
-        if task is None:
+        tasks = self._workers.pop(run, None)
+        if tasks is None:
             return
         self._retiring.add(run)
         if self._wakeup is not None:
             self._wakeup.set()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._retiring.discard(run)
-        if task in self._tasks:
-            self._tasks.remove(task)
+        self._tasks = [task for task in self._tasks if task not in tasks]
+        executor = self._executors.pop(run, None)
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Any]]:
         """Queue a request's items; a full queue answers 503 instead of growing without bound."""
@@ -190,7 +208,7 @@ class Batcher:
         return [pending[i] for i in chosen]
 
     async def _work(self, run: RunBatch) -> None:
-        assert self._wakeup is not None and self._idle is not None and self._executor is not None
+        assert self._wakeup is not None and self._idle is not None
         loop = asyncio.get_running_loop()
         wait_s = self.limits.max_wait_ms / 1000.0
         while True:
@@ -212,9 +230,10 @@ class Batcher:
                 self._solo_active = True
             self._busy += 1
             self._idle.clear()
-            started = time.perf_counter()
             try:
-                rows = await loop.run_in_executor(self._executor, target, [item.encoded for item in batch])
+                rows, seconds = await loop.run_in_executor(
+                    self._executors[target], _timed, target, [item.encoded for item in batch]
+                )
             except Exception as exc:  # noqa: BLE001 - a failing batch fails only its own requests
                 error = exc if isinstance(exc, BerthingError) else InferenceFailed(
                     f"inference failed on a batch of {_count(len(batch), 'item')}: {type(exc).__name__}: {exc}"
@@ -228,7 +247,7 @@ class Batcher:
                         item.future.set_result(row)
                 if self._on_batch is not None:
                     lengths = [item.encoded.length for item in batch]
-                    self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), time.perf_counter() - started)
+                    self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), seconds)
             finally:
                 self._busy -= 1
                 if target is not run:
@@ -266,5 +285,6 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(BerthingError(f"model {self.name!r} was stopped"))
         self._pending = []
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False)
+        self._executors = {}
