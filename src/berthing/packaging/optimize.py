@@ -304,6 +304,15 @@ def _const_matmuls(model: Any, cfg: Int8Config) -> dict[str, list[Any]]:
     return groups
 
 
+def _feeds(features: Any, inputs: set[str]) -> dict[str, np.ndarray]:
+    """A padded batch as a graph's feeds (zero token types where the graph wants them and the tokenizer has none)."""
+    feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
+    if "token_type_ids" in inputs:
+        types = features.token_type_ids
+        feeds["token_type_ids"] = types if types is not None else np.zeros_like(features.input_ids)
+    return feeds
+
+
 def activation_ranges(
     model: Any, tensors: list[str], spec: ModelSpec, tokenizer: Path, texts: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -336,12 +345,7 @@ def activation_ranges(
     ranges: dict[str, np.ndarray] = {}
     for batch in plan_batches([e.length for e in items], 2048, 32):
         features = encoder.collate([items[i] for i in batch])
-        feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
-        if "token_type_ids" in inputs:
-            feeds["token_type_ids"] = (
-                features.token_type_ids if features.token_type_ids is not None else np.zeros_like(features.input_ids)
-            )
-        outputs = session.run([names[i] for i in wanted], feeds)
+        outputs = session.run([names[i] for i in wanted], _feeds(features, inputs))
         real = features.attention_mask.astype(bool)
         for i, out in zip(wanted, outputs, strict=True):
             rows = out[real] if out.ndim == 3 and out.shape[:2] == real.shape else out.reshape(-1, out.shape[-1])
@@ -593,11 +597,7 @@ def _max_difference(before: Any, after: Any, spec: ModelSpec, tokenizer: Path, t
             copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves to point at the file
             save_model(copy, path)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feeds = {"input_ids": features.input_ids, "attention_mask": features.attention_mask}
-            if "token_type_ids" in {x.name for x in session.get_inputs()}:
-                types = features.token_type_ids
-                feeds["token_type_ids"] = types if types is not None else np.zeros_like(features.input_ids)
-            results.append(session.run(None, feeds))
+            results.append(session.run(None, _feeds(features, {x.name for x in session.get_inputs()})))
     worst = 0.0
     for a, b in zip(*results, strict=True):
         if a.ndim >= 2 and a.shape[:2] == real.shape:
