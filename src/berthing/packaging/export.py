@@ -6,6 +6,7 @@ the ONNX runtime needs, so serving from it imports neither torch nor transformer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,23 +28,52 @@ _SKIP_SUFFIXES = (".md", ".onnx", ".h5", ".msgpack", ".ot")
 Progress = Callable[[str], None]
 
 
-def checkpoint_hash(folder: Path, task: str) -> str:
-    """Hash every file that can change the exported model (weights, config, tokenizer, pooling)."""
-    digest = hashlib.sha256(f"berthing-export-{EXPORT_FORMAT}-{task}".encode())
+def _hashed_files(folder: Path) -> list[tuple[str, Path]]:
+    """The files whose bytes make the cache key: all but hidden ones and other formats' weights, sorted."""
+    found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith(_SKIP_SUFFIXES):
-            continue
+        if not (rel.startswith(".") or "/." in rel or rel.endswith(_SKIP_SUFFIXES)):
+            found.append((rel, path))
+    return found
+
+
+def checkpoint_hash(folder: Path, task: str, memo_dir: Path | None = None) -> str:
+    """Hash every file that can change the exported model (weights, config, tokenizer, pooling).
+
+    With `memo_dir`, the hash is remembered under a key made of each file's name, size, mtime, ctime and inode:
+    reading 90 MB of weights at every start was a tenth of a second of the cold start; a file rewritten in any way
+    changes its ctime, so the bytes are hashed again."""
+    files = _hashed_files(folder)
+    memo = None
+    if memo_dir is not None:
+        stats = [(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+                 for rel, st in ((rel, path.stat()) for rel, path in files)]
+        key = json.dumps([EXPORT_FORMAT, task, str(folder.resolve()), stats])
+        memo = memo_dir / hashlib.sha256(key.encode()).hexdigest()[:32]
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            remembered = memo.read_text(encoding="utf-8").strip()
+            if len(remembered) == 24:
+                return remembered
+    digest = hashlib.sha256(f"berthing-export-{EXPORT_FORMAT}-{task}".encode())
+    for rel, path in files:
         digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:24]
+    value = digest.hexdigest()[:24]
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a read-only cache still serves, it just hashes again next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+            tmp.write_text(value, encoding="utf-8")
+            os.replace(tmp, memo)
+    return value
 
 
 def artifact_dir(cache_dir: Path, folder: Path, task: str) -> Path:
     """Where the ONNX artifact of this checkpoint and task lives (or will live)."""
-    return cache_dir / "onnx" / checkpoint_hash(folder, task)
+    return cache_dir / "onnx" / checkpoint_hash(folder, task, memo_dir=cache_dir / "onnx" / ".hashes")
 
 
 def is_artifact(path: Path) -> bool:
