@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 import berthing
-from berthing.config import Settings
+from berthing.config import Settings, SettingsError
 from berthing.types import BerthingError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BERT-family encoders, from checkpoint to service.")
@@ -35,7 +35,7 @@ def _settings(**flags: Any) -> Settings:
             where = ".".join(str(p) for p in err["loc"])
             console.print(f"[red]error:[/] setting {where}: {err['msg']}")
         raise typer.Exit(2) from None
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SettingsError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from berthing.engine.batcher import BatchLimits
 from berthing.engine.model import LoadOptions
@@ -43,12 +39,25 @@ class ModelOverrides(BaseModel):
     optimize: Literal["auto", "none", "fused", "int8"] | None = None
 
 
-class Settings(BaseSettings):
-    """Every setting of berthing; `berthing serve --help` lists the same fields as flags."""
+ENV_PREFIX = "BERTHING_"
 
-    model_config = SettingsConfigDict(env_prefix="BERTHING_", extra="forbid", validate_default=True)
 
-    models: Annotated[list[str], NoDecode] = Field(
+class SettingsError(ValueError):
+    """A settings source that cannot be read: a TOML file that does not parse, an env var that should be JSON."""
+
+
+class Settings(BaseModel):
+    """Every setting of berthing; `berthing serve --help` lists the same fields as flags.
+
+    Keyword arguments (the CLI's flags) win over BERTHING_* environment variables, which win over the TOML file named
+    by config_file or BERTHING_CONFIG_FILE. Not pydantic-settings: importing it was 50-100 ms of every cold start."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_gather(type(self), values))
+
+    models: list[str] = Field(
         default_factory=list, description="Models to serve, each NAME=SOURCE or SOURCE (a folder, hub id)."
     )
     host: str = Field("127.0.0.1", description="Address the inference API binds.")
@@ -85,11 +94,11 @@ class Settings(BaseSettings):
     )
     management_auth: bool = Field(True, description="Require the token on management routes (off only on loopback).")
     inference_token: str | None = Field(None, description="Bearer token for inference routes (default: none).")
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins a browser may call the inference API from ('*' = any); none = no CORS headers.",
     )
-    allowed_sources: Annotated[list[str], NoDecode] = Field(
+    allowed_sources: list[str] = Field(
         default_factory=list, description="URL or path prefixes the management API may register from besides the store."
     )
     default_workers: int = Field(1, ge=1, le=64, description="Workers of a model registered without initial_workers.")
@@ -138,25 +147,6 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (init) > env > TOML file named by config_file or BERTHING_CONFIG_FILE."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        init = init_settings()
-        path = init.get("config_file") or os.environ.get("BERTHING_CONFIG_FILE")
-        if path:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"config file {path} not found")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
-        return tuple(sources)
-
     def batch_limits(self, name: str | None = None) -> BatchLimits:
         """The batcher's share of the settings, with the model's own overrides."""
         merged = self._merged(name)
@@ -184,3 +174,54 @@ class Settings(BaseSettings):
             trust_handlers=self.trust_handlers,
             optimize=OptimizeRequest(merged["optimize"], self.calibration_file, dict(self.thresholds), self.optimize_force),
         )
+
+
+def _gather(cls: type[Settings], flags: dict[str, Any]) -> dict[str, Any]:
+    """The values of every source, merged: flags over BERTHING_* env over the TOML file (tables merge key by key)."""
+    env = _env_values(cls)
+    path = flags.get("config_file") or env.get("config_file")
+    values = _toml_values(Path(path)) if path else {}
+    for layer in (env, flags):
+        values = _deep_merge(values, layer)
+    return values
+
+
+def _env_values(cls: type[Settings]) -> dict[str, Any]:
+    """BERTHING_<FIELD> (any case) for each field: tables as JSON, lists as comma-separated text, the rest as text."""
+    found: dict[str, Any] = {}
+    for key, raw in os.environ.items():
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        info = cls.model_fields.get(name)
+        if info is None:  # other BERTHING_* variables (e.g. a test's) are not settings
+            continue
+        if typing.get_origin(info.annotation) is dict:
+            try:
+                found[name] = json.loads(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{key} must be a JSON object: {exc}") from None
+        else:
+            found[name] = raw
+    return found
+
+
+def _toml_values(path: Path) -> dict[str, Any]:
+    """The TOML file's tables and keys, as they are (unknown keys are refused by the model)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`; where both hold a table, their keys merge (a per_model table from env and TOML)."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -67,10 +67,15 @@ def test_serve_help_documents_every_setting() -> None:
     assert "--config" in out and "[per_model.NAME]" in out
 
 
-def test_bad_setting_and_missing_model_exit_with_a_message(settings: Settings) -> None:
+def test_bad_setting_and_missing_model_exit_with_a_message(settings: Settings, tmp_path) -> None:
     cmd = [sys.executable, "-m", "berthing.cli", "serve"]
     bad = subprocess.run([*cmd, "--max-batch-size", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "max_batch_size" in bad.stderr
+    toml = tmp_path / "b.toml"
+    toml.write_text("port = 80\nport = 81\n", encoding="utf-8")
+    broken = subprocess.run([*cmd, "--config", str(toml)], capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 2
+    assert f"error: config file {toml} is not valid TOML: Cannot overwrite a value (at line 2" in " ".join(broken.stderr.split())
     missing = subprocess.run([*cmd, "./no-such-folder"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1
     assert "model source './no-such-folder' not found" in " ".join(missing.stderr.split())

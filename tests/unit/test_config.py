@@ -96,3 +96,32 @@ def test_the_cache_key_of_an_optimized_artifact_follows_everything_that_shapes_i
     assert len(keys) == 5 and OptimizeRequest("int8").key() == OptimizeRequest("int8", thresholds={}).key()
     calibration.write_text("two\n", encoding="utf-8")
     assert OptimizeRequest("int8", calibration).key() not in keys  # the file's content, not its name
+
+
+def test_env_tables_are_json_and_merge_with_the_toml_file_key_by_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = tmp_path / "b.toml"
+    toml.write_text("[per_model.a]\nworkers = 2\nmax_batch_size = 8\n[per_model.b]\nworkers = 3\n", encoding="utf-8")
+    monkeypatch.setenv("BERTHING_CONFIG_FILE", str(toml))
+    monkeypatch.setenv("BERTHING_PER_MODEL", '{"a": {"max_batch_size": 16}}')
+    monkeypatch.setenv("berthing_lanes", "false")  # names in any case, as the shell allows
+    monkeypatch.setenv("BERTHING_NOT_A_SETTING", "x")  # other variables of the prefix are not settings
+    settings = Settings(per_model={"b": {"workers": 4}})
+    assert settings.load_options("a").workers == 2 and settings.load_options("a").limits.max_batch_size == 16
+    assert settings.load_options("b").workers == 4 and settings.lanes is False
+    monkeypatch.setenv("BERTHING_PER_MODEL", "a=2")
+    with pytest.raises(ValueError, match="BERTHING_PER_MODEL must be a JSON object: Expecting value"):
+        Settings()
+
+
+def test_config_file_errors_name_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = tmp_path / "b.toml"
+    toml.write_text("port = \n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"config file {toml} is not valid TOML: Invalid value \(at line 1"):
+        Settings(config_file=toml)
+    monkeypatch.setenv("BERTHING_CONFIG_FILE", str(tmp_path / "gone.toml"))
+    with pytest.raises(FileNotFoundError, match=r"gone\.toml not found"):
+        Settings()
+    monkeypatch.delenv("BERTHING_CONFIG_FILE")
+    monkeypatch.setenv("BERTHING_PORT", "80x")
+    with pytest.raises(ValueError, match="port\n  Input should be a valid integer, unable to parse string"):
+        Settings()
