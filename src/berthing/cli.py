@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,8 +123,9 @@ def serve(
         optimize_force=optimize_force,
         calibration_file=calibration, thresholds=_threshold_flags(threshold),
     )
+    launched = sys.argv[2:] if sys.argv[1:2] == ["serve"] else None  # a `berthing serve` process, not a library call
     try:
-        run_server(settings, console)
+        run_server(settings, console, record_startup=launched)
     except BerthingError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from None
@@ -320,7 +322,6 @@ def predict(
     a line that fails gets an error record and the run goes on. Ctrl-C stops cleanly with what is done written.
     """
     import asyncio
-    import sys
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -14,12 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from berthing.engine.batcher import BatchLimits
 from berthing.engine.model import LoadOptions
 from berthing.packaging.tune import OptimizeRequest, parse_thresholds
+from berthing.prefetch import default_cache_dir
 from berthing.types import BerthingError
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "berthing"
 
 
 class ModelOverrides(BaseModel):
@@ -73,7 +69,7 @@ class Settings(BaseModel):
         description="Under sustained load, add sessions that split a model's one multi-thread worker's cores (one "
         "thread each, at most 4; onnx); a batch that runs alone still takes every core.",
     )
-    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Where exported ONNX models are cached.")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where exported ONNX models are cached.")
     max_batch_tokens: int = Field(
         512, ge=1, description="Padded tokens per runtime call (longest x count); small similar-length batches run fastest."
     )

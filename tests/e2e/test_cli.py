@@ -54,6 +54,24 @@ def test_sigterm_drains_in_flight_requests(load, settings: Settings) -> None:
     assert all(len(r.json()) == len(texts) for r in responses)
 
 
+def test_a_served_start_lists_the_files_it_read_for_the_next_start(load, settings: Settings, tiny_model_dir) -> None:
+    model = load("embed")
+    folder = str(tiny_model_dir("embed"))
+    listed_at = settings.cache_dir / "startup-files.txt"
+    listed_at.unlink(missing_ok=True)
+    with cli_server([folder], _env(settings), module="berthing") as (_, url):
+        assert httpx.post(f"{url}/predictions/embed", json={"input": "hello"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while not listed_at.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        listed = listed_at.read_text(encoding="utf-8").splitlines()
+        assert str(model.runtimes[0].model_path.resolve()) in listed
+        assert any(p.endswith("berthing/server/app.py") or "berthing/server/__pycache__/app." in p for p in listed)
+        assert any("onnxruntime" in p and p.endswith(".so") for p in listed)
+    with cli_server([folder], _env(settings), module="berthing") as (_, url):  # reads it ahead
+        assert httpx.post(f"{url}/predictions/embed", json={"input": "hello"}).status_code == 200
+
+
 def test_serve_help_documents_every_setting() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "berthing.cli", "serve", "--help"], capture_output=True, text=True, env={"COLUMNS": "200"},

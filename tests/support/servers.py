@@ -50,12 +50,14 @@ class ThreadServer:
 
 @contextmanager
 def cli_server(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120, module: str = "berthing.cli"
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run `berthing serve ARGS --port 0` as a process; yield (process, base URL); stop it with SIGTERM."""
+    """Run `berthing serve ARGS --port 0` as a process; yield (process, base URL); stop it with SIGTERM.
+
+    `module` "berthing" runs it as the installed `berthing` script does (read-ahead helper first)."""
     full_env = {**os.environ, "BERTHING_MANAGEMENT_PORT": "0", **(env or {})}  # never the fixed 8081 in tests
     proc = subprocess.Popen(
-        [sys.executable, "-m", "berthing.cli", "serve", *args, "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", module, "serve", *args, "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
     )
     url = None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from berthing import prefetch
 from berthing.config import Settings
 from berthing.engine.model import Model, load_model
 from berthing.packaging.sources import resolve
@@ -21,6 +24,7 @@ from berthing.runtime.threads import available_cores
 from berthing.types import ModelLoadError
 
 GRACEFUL_SHUTDOWN_S = 60
+RECORD_STARTUP_AFTER_S = 0.5  # the startup-file list is written after the first requests (and what they import)
 
 
 def _natural(text: str) -> list[Any]:
@@ -126,11 +130,19 @@ def _drained_server_class():
     import uvicorn
 
     class DrainedServer(uvicorn.Server):
+        after_start: Callable[[], None] | None = None  # run in a thread RECORD_STARTUP_AFTER_S after the server is up
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             with super().capture_signals():
                 yield
                 getattr(self, "_captured_signals", []).clear()
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.after_start is not None and not self.should_exit:
+                loop = asyncio.get_running_loop()
+                loop.call_later(RECORD_STARTUP_AFTER_S, loop.run_in_executor, None, self.after_start)
 
     return DrainedServer
 
@@ -170,8 +182,11 @@ def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list
     return PortRouter(create_app(registry, settings, metrics), by_port), sockets, token
 
 
-def serve(settings: Settings, console: Console | None = None) -> None:
-    """Load, bind, serve; returns after a graceful shutdown."""
+def serve(settings: Settings, console: Console | None = None, record_startup: Sequence[str] | None = None) -> None:
+    """Load, bind, serve; returns after a graceful shutdown.
+
+    `record_startup`: the `berthing serve` arguments this process was launched with; the files its start read are
+    then listed for the next start's read-ahead (berthing.prefetch)."""
     import uvicorn
 
     console = console or Console(stderr=True, soft_wrap=True)
@@ -203,4 +218,16 @@ def serve(settings: Settings, console: Console | None = None) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
     )
-    _drained_server_class()(config).run(sockets=sockets)
+    server = _drained_server_class()(config)
+    if record_startup is not None:
+        artifacts = [f for m in map(registry.get, registry.names()) for r in m.runtimes[:1] for f in _artifact_files(r)]
+        server.after_start = functools.partial(prefetch.record, list(record_startup), artifacts)
+    server.run(sockets=sockets)
+
+
+def _artifact_files(runtime: Any) -> list[Path]:
+    """The files next to the model file a runtime loaded (model.onnx, tokenizer.json, berthing.json, ...)."""
+    model_path = getattr(runtime, "model_path", None)
+    if not isinstance(model_path, Path):
+        return []
+    return sorted(p for p in model_path.parent.iterdir() if p.is_file())
