@@ -1,6 +1,6 @@
 """Cold start of `berthing serve`: launch -> first answer, with the page cache warm and with it dropped.
 
-    .venv/bin/python benchmarks/cold_start.py [--starts 5] [--model PATH_OR_NAME=SOURCE] [--modes warm,dropped]
+    .venv/bin/python benchmarks/cold_start.py [--starts 5] [--model NAME=SOURCE] [--modes warm,dropped] [--before SRC]
 
 Each start is a new process on 127.0.0.1 polled every 10 ms until it answers one sentence. "dropped" first evicts
 the files a start reads from the page cache (posix_fadvise DONTNEED over the venv, the interpreter's library, the
@@ -55,12 +55,26 @@ def drop_page_cache(roots: list[Path]) -> int:
     return count
 
 
-def one_start(model: str | None, cache_dir: Path, timeout: float = 60.0) -> float:
+def launch_command(src: Path | None) -> tuple[list[str], dict[str, str]]:
+    """How to start `berthing`: the installed script, or another source tree's (an older commit's) through PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTHING_")}
+    if src is None:
+        return [str(REPO / ".venv" / "bin" / "berthing")], env
+    module = "berthing" if (src / "berthing" / "__main__.py").is_file() else "berthing.cli"
+    return [str(REPO / ".venv" / "bin" / "python"), "-m", module], env | {"PYTHONPATH": str(src)}
+
+
+def serve_command(src: Path | None, model: str | None, cache_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """`berthing serve` of `model` on 127.0.0.1:port with `cache_dir`, everything else its defaults."""
+    head, env = launch_command(src)
+    args = ["serve", *([model] if model else []), "--host", "127.0.0.1", "--port", str(port), "--management-port", "0"]
+    return head + args, env | {"BERTHING_CACHE_DIR": str(cache_dir)}
+
+
+def one_start(model: str | None, cache_dir: Path, src: Path | None = None, timeout: float = 60.0) -> float:
     """Seconds from launching `berthing serve` to its first 200 answer."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTHING_")} | {"BERTHING_CACHE_DIR": str(cache_dir)}
-    cmd = [str(REPO / ".venv" / "bin" / "berthing"), "serve", *([model] if model else []), "--host", "127.0.0.1",
-           "--port", str(port), "--management-port", "0"]
+    cmd, env = serve_command(src, model, cache_dir, port)
     name = (model.split("=", 1)[0] if model and "=" in model else None) or "minilm"
     body = json.dumps({"input": "How do I deploy a BERT model?"}).encode()
     t0 = time.perf_counter()
@@ -90,6 +104,8 @@ def main() -> int:
     parser.add_argument("--starts", type=int, default=5, help="starts per mode")
     parser.add_argument("--model", default=None, help="what `berthing serve` gets (default: the default model)")
     parser.add_argument("--modes", default="warm,dropped", help="warm and/or dropped (each with and without the list)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="also start this source tree's berthing (e.g. a `git worktree` of an older commit's src/)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="berthing's cache (default: BERTHING_CACHE_DIR or its own)")
     args = parser.parse_args()
     args.cache_dir = args.cache_dir or Path(os.environ.get("BERTHING_CACHE_DIR") or default_cache_dir())
@@ -97,10 +113,8 @@ def main() -> int:
     print(f"priming: a start that exports/optimizes if needed and lives until it has written {listed}")
     listed.unlink(missing_ok=True)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTHING_")} | {"BERTHING_CACHE_DIR": str(args.cache_dir)}
-    keeper = subprocess.Popen([str(REPO / ".venv" / "bin" / "berthing"), "serve", *([args.model] if args.model else []),
-                               "--host", "127.0.0.1", "--port", str(port), "--management-port", "0"], env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd, env = serve_command(None, args.model, args.cache_dir, port)
+    keeper = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 1800
     while not listed.is_file() and keeper.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -114,22 +128,23 @@ def main() -> int:
         shutil.copy2(listed, saved)
     roots = [REPO / ".venv", Path(sysconfig.get_paths()["stdlib"]), args.cache_dir, REPO / "src",
              Path(sys.base_prefix) / "lib"]
-    cases = []
+    cases: list[tuple[str, Path | None, bool]] = []
     for mode in args.modes.split(","):
-        cases += [(mode, False), (mode, True)]
+        cases += [(mode, args.before, False)] if args.before else []
+        cases += [(mode, None, False), (mode, None, True)]
     results: dict[str, list[float]] = {}
     try:
         for _ in range(args.starts):  # interleaved, so drift hits every case alike
-            for mode, with_list in cases:
-                label = f"{mode}, {'with' if with_list else 'without'} the startup list"
+            for mode, src, with_list in cases:
+                label = f"{mode}, " + (f"before ({src})" if src else f"{'with' if with_list else 'without'} the startup list")
                 if with_list and saved.is_file():
                     shutil.copy2(saved, listed)
                 else:
                     listed.unlink(missing_ok=True)
                 if mode == "dropped":
-                    drop_page_cache(roots)
+                    drop_page_cache([*roots, *([src] if src else [])])
                     time.sleep(1.0)
-                results.setdefault(label, []).append(one_start(args.model, args.cache_dir))
+                results.setdefault(label, []).append(one_start(args.model, args.cache_dir, src))
                 print(f"  {label}: {results[label][-1]:.3f} s", flush=True)
     finally:
         if saved.is_file():
