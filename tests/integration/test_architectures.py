@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.export import prepare
 from berthing.runtime.base import Runtime
+from berthing.spec import ModelSpec
 from berthing.tasks.tokenize import Encoder
 from berthing.types import TextPair
 from tests.support.models import ARCHS

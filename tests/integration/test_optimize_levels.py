@@ -20,6 +20,7 @@ from berthing.packaging.optimize import Int8Config, optimize_with_record
 from berthing.packaging.package import read_manifest
 from berthing.packaging.sources import default_model_path
 from berthing.packaging.verify import verify
+from berthing.spec import ModelSpec
 from tests.support.servers import cli_server
 from tests.support.texts import mixed_sentences
 
@@ -78,7 +79,7 @@ def test_pack_minilm_by_default_keeps_the_fastest_level_that_passes(tmp_path: Pa
 def test_default_quantize_dynamic_does_not_pass_on_minilm(tmp_path: Path) -> None:
     """The thresholds are honest: onnxruntime's plain dynamic int8 (per-tensor weights) drifts on MiniLM."""
     src = prepare(default_model_path(), None, tmp_path / "cache")
-    spec = berthing.packaging.checkpoint.ModelSpec.from_dict(json.loads((src / "berthing.json").read_text("utf-8")))
+    spec = ModelSpec.from_dict(json.loads((src / "berthing.json").read_text("utf-8")))
     plain = Int8Config(per_channel=False, op_types=None, outlier_channels=0, smooth_alpha=0)
     graph = optimize_with_record(src / "model.onnx", "int8", tmp_path / "plain", spec, config=plain).path
     report = verify(graph, default_model_path(), spec=spec, tokenizer=src / "tokenizer.json")

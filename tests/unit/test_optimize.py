@@ -16,7 +16,6 @@ import pytest
 from onnx import numpy_helper
 
 from berthing.config import Settings
-from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.export import prepare
 from berthing.packaging.optimize import (
     Int8Config,
@@ -29,6 +28,7 @@ from berthing.packaging.optimize import (
 )
 from berthing.packaging.sources import default_model_path
 from berthing.packaging.verify import Thresholds, qa_inputs, rerank_inputs, task_inputs, verify
+from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
 TASKS = ("embed", "classify", "ner", "qa", "rerank")

@@ -15,10 +15,10 @@ import numpy as np
 
 from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
 from berthing.engine.batching import plan_batches
-from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.sources import ModelSource
 from berthing.runtime.base import Runtime
 from berthing.runtime.threads import threads_per_worker
+from berthing.spec import ModelSpec
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
 from berthing.types import BadRequest, ModelLoadError, ModelNotFound, PayloadTooLarge, TextInput

@@ -6,14 +6,12 @@ Pure JSON reading, no transformers import, so the serving path can use it too.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from berthing.spec import TASKS, ModelSpec
 from berthing.types import ModelLoadError
 
-TASKS = ("embed", "classify", "ner", "qa", "rerank")
-POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len")
 # Heads this version can serve; the others are detected so the error can name them.
 _HEAD_TASKS = {
     "ForSequenceClassification": "classify",
@@ -28,31 +26,6 @@ _PADDING_OFFSET_POSITIONS = {
     "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "roberta-prelayernorm", "data2vec-text",
     "ibert", "longformer", "xmod",
 }
-
-
-@dataclass
-class ModelSpec:
-    """Everything the engine needs to know about a model, stored as berthing.json beside its artifact."""
-
-    task: str
-    model_type: str
-    max_length: int
-    uses_token_types: bool
-    pooling: str = "mean"
-    normalize: bool = False
-    labels: list[str] = field(default_factory=list)
-    multi_label: bool = False
-    hidden_size: int = 0
-
-    def to_json(self) -> str:
-        """Serialize for the artifact folder."""
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        """Rebuild from berthing.json, ignoring keys a newer version may have added."""
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _read_json(path: Path) -> dict[str, Any]:

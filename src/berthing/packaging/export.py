@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from berthing.packaging.checkpoint import ModelSpec, read_checkpoint
+from berthing.packaging.checkpoint import read_checkpoint
+from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
 EXPORT_FORMAT = "3"  # bump when the exported graph's contract changes, so caches are rebuilt

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from berthing.packaging.checkpoint import ModelSpec
+from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
 Level = Literal["none", "fused", "int8"]

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from berthing.packaging.archive import ArchiveLimits, extract
-from berthing.packaging.checkpoint import TASKS, read_checkpoint
+from berthing.packaging.checkpoint import read_checkpoint
+from berthing.spec import TASKS
 from berthing.types import ModelLoadError
 
 MANIFEST = "MANIFEST.json"

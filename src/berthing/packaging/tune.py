@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from berthing.packaging.checkpoint import ModelSpec
+from berthing.spec import ModelSpec
 from berthing.types import BerthingError, ModelLoadError
 
 CHOICES = ("auto", "none", "fused", "int8")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from berthing.packaging.checkpoint import ModelSpec
 from berthing.packaging.optimize import calibration_texts, read_texts
+from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
 if TYPE_CHECKING:

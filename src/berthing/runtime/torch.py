@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from berthing.packaging.checkpoint import ModelSpec
+from berthing.spec import ModelSpec
 from berthing.tasks.tokenize import Features
 
 

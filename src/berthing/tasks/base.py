@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from berthing.engine.inputs import parse_inputs, parse_object
-from berthing.packaging.checkpoint import ModelSpec
+from berthing.spec import ModelSpec
 from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import InvalidInput, TextInput, TextPair, Tokens
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from berthing.packaging.checkpoint import ModelSpec
+from berthing.spec import ModelSpec
 from berthing.tasks.base import Task
 
 TASK_CLASSES: dict[str, str] = {
