@@ -37,8 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from berthing.packaging.calibration import calibration_texts
 from berthing.packaging.export import prepare
-from berthing.packaging.optimize import Int8Config, Level, calibration_texts, optimize_with_record
+from berthing.packaging.int8 import Int8Config
+from berthing.packaging.optimize import Level, optimize_with_record
 from berthing.packaging.verify import Thresholds, onnx_model
 from berthing.spec import ModelSpec
 from servebench.cpu import NOISY_PCT, CpuWatch

@@ -16,7 +16,8 @@ import pytest
 
 import berthing
 from berthing.packaging.export import prepare
-from berthing.packaging.optimize import Int8Config, optimize_with_record
+from berthing.packaging.int8 import Int8Config
+from berthing.packaging.optimize import optimize_with_record
 from berthing.packaging.package import read_manifest
 from berthing.packaging.sources import default_model_path
 from berthing.packaging.verify import verify

@@ -16,16 +16,11 @@ import pytest
 from onnx import numpy_helper
 
 from berthing.config import Settings
+from berthing.packaging.calibration import calibration_texts
 from berthing.packaging.export import prepare
-from berthing.packaging.optimize import (
-    Int8Config,
-    _quantize_embedding_rows,
-    calibration_texts,
-    choose,
-    detect_heads,
-    optimize,
-    optimize_with_record,
-)
+from berthing.packaging.fuse import detect_heads
+from berthing.packaging.int8 import Int8Config, _quantize_embedding_rows
+from berthing.packaging.optimize import choose, optimize, optimize_with_record
 from berthing.packaging.sources import default_model_path
 from berthing.packaging.verify import Thresholds, qa_inputs, rerank_inputs, task_inputs, verify
 from berthing.spec import ModelSpec
@@ -152,7 +147,8 @@ def test_int8_smooths_layernorm_fed_inputs_and_splits_only_the_others(artifact, 
 def test_key_mask_fold_keeps_every_real_token_output(kind: str, artifact, tmp_path: Path) -> None:
     """Padding moved from the scores into the QK product: the real tokens' outputs stay what they were (fp32),
     or, for an attention the fold does not recognise, the graph is left alone."""
-    from berthing.packaging.optimize import detect_heads, fold_key_mask, save_model
+    from berthing.packaging.graph import save_model
+    from berthing.packaging.key_mask import fold_key_mask
 
     src = artifact(kind)
     model = onnx.load(str(src / "model.onnx"))
@@ -171,7 +167,7 @@ def test_key_mask_fold_keeps_every_real_token_output(kind: str, artifact, tmp_pa
 
 
 def test_int8_folds_the_key_mask_and_refuses_a_fold_that_changes_outputs(artifact, tmp_path: Path, monkeypatch) -> None:
-    import berthing.packaging.optimize as optimize_module
+    import berthing.packaging.key_mask as key_mask
 
     src = artifact("embed")
     spec = _spec(src)
@@ -183,11 +179,11 @@ def test_int8_folds_the_key_mask_and_refuses_a_fold_that_changes_outputs(artifac
     softmax_inputs = {n.input[0] for n in onnx.load(str(tmp_path / "on" / "model.onnx")).graph.node if n.op_type == "Softmax"}
     producers = {o: n.op_type for n in onnx.load(str(tmp_path / "on" / "model.onnx")).graph.node for o in n.output}
     assert {producers[i] for i in softmax_inputs} != {"Add"}  # the scores go straight to softmax
-    monkeypatch.setattr(optimize_module, "KEY_MASK_VALUE", 60.0)  # a fold that attends to padding: must be refused
+    monkeypatch.setattr(key_mask, "KEY_MASK_VALUE", 60.0)  # a fold that attends to padding: must be refused
     wrong = optimize_with_record(src / "model.onnx", "int8", tmp_path / "wrong", spec).record["int8"]
     assert wrong["key_mask_folded"] == 0 and wrong["key_mask_difference"] > 1e-4
-    monkeypatch.setattr(optimize_module, "KEY_MASK_VALUE", -60.0)
-    monkeypatch.setattr(optimize_module, "detect_heads", lambda model, hidden: 3)  # a mask row of the wrong width
+    monkeypatch.setattr(key_mask, "KEY_MASK_VALUE", -60.0)
+    monkeypatch.setattr(key_mask, "detect_heads", lambda model, hidden: 3)  # a mask row of the wrong width
     broken = optimize_with_record(src / "model.onnx", "int8", tmp_path / "broken", spec)
     assert broken.record["int8"]["key_mask_folded"] == 0 and broken.record["int8"]["key_mask_difference"] is None
     assert np.isfinite(_run(broken.path)).all()  # the int8 graph is built all the same, unfolded
@@ -251,9 +247,9 @@ def test_none_copies_and_in_place_replaces_atomically(artifact, tmp_path: Path) 
 
 def test_large_graphs_keep_their_weights_in_a_data_file(artifact, tmp_path: Path, monkeypatch) -> None:
     """Graphs over protobuf's 2 GB limit (xlm-roberta-large) need external data: lower the bar to see that path."""
-    import berthing.packaging.optimize as opt
+    import berthing.packaging.graph as graph
 
-    monkeypatch.setattr(opt, "_LARGE_MODEL_BYTES", 0)
+    monkeypatch.setattr(graph, "LARGE_MODEL_BYTES", 0)
     src = artifact("embed")
     spec = _spec(src)
     int8 = optimize(src / "model.onnx", "int8", tmp_path / "int8", spec, tokenizer=src / "tokenizer.json")
@@ -372,7 +368,7 @@ def test_choose_prefers_the_earlier_level_on_a_tie_and_none_when_nothing_passes(
 
 def test_importing_the_modules_does_not_import_onnxruntime() -> None:
     code = (
-        "import sys, berthing.packaging.optimize, berthing.packaging.verify; "
+        "import sys, berthing.packaging.optimize, berthing.packaging.verify, berthing.packaging.tune; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnxruntime', 'onnx', 'torch')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -78,7 +78,7 @@ class OptimizeRequest:
 
     def key(self) -> str:
         """Cache key of the optimized artifact: every input that can change what is built or chosen."""
-        from berthing.packaging.optimize import DEFAULT_INT8
+        from berthing.packaging.int8 import DEFAULT_INT8
 
         calibration = hashlib.sha256(self.calibration.read_bytes()).hexdigest() if self.calibration else "built-in"
         data = {
@@ -103,7 +103,9 @@ def tune(
     Raises ModelLoadError with every level's figures when the level (auto: every level) misses its thresholds,
     unless request.force.
     """
-    from berthing.packaging.optimize import DEFAULT_INT8, DEFAULT_ORDER, calibration_texts, choose, read_texts
+    from berthing.packaging.calibration import calibration_texts, read_texts
+    from berthing.packaging.int8 import DEFAULT_INT8
+    from berthing.packaging.optimize import DEFAULT_ORDER, choose
     from berthing.packaging.verify import torch_model
 
     say = progress or (lambda _message: None)

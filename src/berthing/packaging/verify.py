@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from berthing.packaging.optimize import calibration_texts, read_texts
+from berthing.packaging.calibration import calibration_texts, read_texts
 from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
