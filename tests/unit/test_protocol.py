@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from berthing.engine.inputs import json_type, parse_pair
+from berthing.inputs import json_type, parse_pair
 from berthing.server.protocols.torchserve import EMPTY_BODY, encode_result, parse_request
 from berthing.types import BadRequest, BerthingError, InvalidInput, PayloadTooLarge, TextPair
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 
-from berthing.engine.inputs import parse_inputs, parse_object
+from berthing.inputs import parse_inputs, parse_object
 from berthing.spec import ModelSpec
 from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import InvalidInput, TextInput, TextPair, Tokens

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from berthing.engine.inputs import check_list, json_type, text_value
+from berthing.inputs import check_list, json_type, text_value
 from berthing.spec import ModelSpec
 from berthing.tasks.base import Task, option_bool, option_int
 from berthing.tasks.tokenize import Encoded, Encoder, Features

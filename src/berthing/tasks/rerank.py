@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from berthing.engine.inputs import json_type, text_value
+from berthing.inputs import json_type, text_value
 from berthing.tasks.base import Task, option_bool, option_int
 from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair

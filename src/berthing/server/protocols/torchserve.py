@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from berthing.engine.inputs import InputForms, json_type, parse_inputs, parse_object
+from berthing.inputs import InputForms, json_type, parse_inputs, parse_object
 from berthing.types import BadRequest, TextInput
 
 _BOM = b"\xef\xbb\xbf"
