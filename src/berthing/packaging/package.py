@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import zipfile
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from berthing.names import check_name, check_version
 from berthing.packaging.archive import ArchiveLimits, extract
 from berthing.packaging.checkpoint import read_checkpoint
 from berthing.spec import TASKS
@@ -26,7 +26,6 @@ MANIFEST = "MANIFEST.json"
 SUFFIX = ".berth"
 ARTIFACT_FILES = ("model.onnx", "tokenizer.json", "berthing.json")
 FORMAT = 1
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
 _REQUIRED = ("format", "name", "version", "task", "files", "artifact")
 
 
@@ -37,13 +36,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def check_version(version: str) -> str:
-    """Versions end up in URLs and file names, like model names."""
-    if not _VERSION_RE.match(version):
-        raise ModelLoadError(f"invalid version {version!r}: use letters, digits, '.', '_', '+', '-' (at most 32)")
-    return version
 
 
 def _apply_labels(folder: Path, target: Path, spec: Any, labels: list[str] | None, origin: str) -> None:
@@ -80,7 +72,6 @@ def build_package(
     `optimize` (a tune.OptimizeRequest) picks and verifies the graph's optimization level; None keeps fp32."""
     import berthing
     from berthing.packaging.export import check_weights, write_artifact
-    from berthing.packaging.sources import check_name
 
     check_name(name)
     check_version(version)
@@ -178,8 +169,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     """Refuse manifests this version cannot trust or serve, naming what is wrong."""
-    from berthing.packaging.sources import check_name
-
     if not isinstance(manifest, dict):
         raise ModelLoadError(f"{path}: {MANIFEST} is not a JSON object")
     missing = [key for key in _REQUIRED if key not in manifest]

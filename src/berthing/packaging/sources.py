@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from berthing.names import check_name
 from berthing.types import ModelLoadError
 
 DEFAULT_MODEL_NAME = "minilm"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -35,15 +35,6 @@ def default_model_path() -> Path:
             "(or name a model to serve: a package, an exported folder, s3://...)"
         ) from exc
     return Path(str(folder))
-
-
-def check_name(name: str) -> str:
-    """Model names end up in URLs and file names: keep them to a safe alphabet."""
-    if not _NAME_RE.match(name):
-        raise ModelLoadError(
-            f"invalid model name {name!r}: use letters, digits, '_', '-', '.' (at most 64, starting with a letter or digit)"
-        )
-    return name
 
 
 def _name_from_path(path: Path) -> str:

@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from berthing.config import Settings
 from berthing.engine.model import Model, load_model
-from berthing.packaging.sources import ModelSource, check_name, resolve
+from berthing.names import check_name
+from berthing.packaging.sources import ModelSource, resolve
 from berthing.registry import Conflict, Registry
 from berthing.server.app import JSON, error_response
 from berthing.server.metrics import Metrics
