@@ -62,7 +62,7 @@ def _reference(folder: Path, task: str, inputs: list, max_length: int = 128) -> 
     import torch
     import transformers
 
-    from berthing.packaging.export import task_output
+    from berthing.runtime.torch import task_output
 
     cls = {
         "embed": transformers.AutoModel,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from berthing.packaging.export import check_weights
+from berthing.runtime.torch import check_weights
 from berthing.types import ModelLoadError
 
 

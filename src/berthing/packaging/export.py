@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from berthing.packaging.checkpoint import read_checkpoint
+from berthing.runtime.torch import check_weights, load_torch_model, task_output
 from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
@@ -143,53 +144,6 @@ def _read_optional_json(path: Path) -> dict:
 OUTPUT_NAMES = {
     "embed": "last_hidden_state", "classify": "logits", "rerank": "logits", "ner": "logits", "qa": "span_logits",
 }
-
-
-def task_output(out, task: str):
-    """The one tensor a task's runtime returns, from a transformers model output."""
-    if task == "embed":
-        return out.last_hidden_state
-    if task == "qa":
-        import torch
-
-        return torch.stack([out.start_logits, out.end_logits], dim=-1)
-    return out.logits
-
-
-def check_weights(folder: Path, allow_pickle: bool = False) -> None:
-    """Refuse pickle weights (pytorch_model.bin without safetensors) before transformers opens them: unpickling
-    runs code. With allow_pickle they load through torch's weights-only unpickler."""
-    if allow_pickle or any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
-        return
-    pickles = sorted(p.name for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
-    if pickles:
-        raise ModelLoadError(
-            f"{folder.name} holds pickle weights ({pickles[0]}) and no model.safetensors; pickle can run code when "
-            "loaded. Convert it to safetensors, or pass --allow-pickle to load it with torch's weights-only loader"
-        )
-
-
-def load_torch_model(folder: Path, spec: ModelSpec, allow_pickle: bool = False, attention: str | None = None):
-    """The PyTorch module whose output the runtime serves: the encoder, or the model with its head.
-
-    `attention` picks transformers' attention implementation (None: its default, SDPA where supported)."""
-    check_weights(folder, allow_pickle)
-    import transformers
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a per-tensor bar for a 1-second load is noise in server logs
-    cls = {
-        "classify": transformers.AutoModelForSequenceClassification,
-        "rerank": transformers.AutoModelForSequenceClassification,
-        "ner": transformers.AutoModelForTokenClassification,
-        "qa": transformers.AutoModelForQuestionAnswering,
-    }.get(spec.task, transformers.AutoModel)
-    try:
-        extra = {"attn_implementation": attention} if attention else {}
-        model = cls.from_pretrained(str(folder), weights_only=True, **extra)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load the weights of {folder}: {exc}") from exc
-    return model.eval()
 
 
 def _wrapper(model, spec: ModelSpec):

@@ -71,7 +71,8 @@ def build_package(
 
     `optimize` (a tune.OptimizeRequest) picks and verifies the graph's optimization level; None keeps fp32."""
     import berthing
-    from berthing.packaging.export import check_weights, write_artifact
+    from berthing.packaging.export import write_artifact
+    from berthing.runtime.torch import check_weights
 
     check_name(name)
     check_version(version)
