@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource, default_model_path
 from berthing.registry import Registry
 from tests.support import models as tiny

@@ -26,7 +26,7 @@ def load(
     Other keywords are Settings fields (cache_dir, threads, max_batch_tokens, trust_handlers, ...).
     """
     from berthing.config import Settings
-    from berthing.engine.model import load_model
+    from berthing.loading import load_model
     from berthing.packaging.sources import resolve
 
     config = Settings(task=task, runtime=runtime, **settings)

@@ -327,7 +327,7 @@ def predict(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from berthing import batch
-    from berthing.engine.model import load_model
+    from berthing.loading import load_model
     from berthing.packaging.sources import resolve
 
     settings = _settings(task=task, runtime=runtime, threads=threads, max_batch_tokens=max_batch_tokens, optimize=optimize,

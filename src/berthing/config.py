@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from berthing.engine.batcher import BatchLimits
-from berthing.engine.model import LoadOptions
+from berthing.loading import LoadOptions
 from berthing.packaging.tune import OptimizeRequest, parse_thresholds
 from berthing.prefetch import default_cache_dir
 from berthing.types import BerthingError

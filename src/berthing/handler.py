@@ -9,21 +9,19 @@ requests from many clients are still batched together underneath.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
 import sys
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from berthing.engine.model import Model, RequestHandler
+from berthing.registry import Registry
 from berthing.types import BerthingError, ModelLoadError
-
-if TYPE_CHECKING:
-    from berthing.engine.model import Model
-    from berthing.registry import Registry
 
 log = logging.getLogger("berthing.handler")
 HANDLER_FILE = "handler.py"
@@ -130,15 +128,9 @@ def load_handler(folder: Path, context: Context) -> BaseHandler:
     return handler
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def handler_pool() -> ThreadPoolExecutor:
-    """Threads for handler calls: they mostly wait on the batcher, so many of them (asyncio's default pool is 6 here)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="berthing-handler")
-    return _POOL
+def bind(handler: BaseHandler, context: Context) -> RequestHandler:
+    """What the Model calls per request body (Model.handler): the handler's lifecycle through run_handler."""
+    return functools.partial(run_handler, handler, context=context)
 
 
 def run_handler(handler: BaseHandler, body: Any, context: Context | None) -> Any:

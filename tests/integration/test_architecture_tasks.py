@@ -21,7 +21,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource
 from berthing.registry import Registry
 from berthing.types import TextPair

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource, default_model_path
 from tests.support.servers import ThreadServer
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource
 from berthing.registry import Registry
 from berthing.types import PayloadTooLarge

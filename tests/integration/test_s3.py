@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from berthing.config import Settings
-from berthing.engine.model import load_model
+from berthing.loading import load_model
 from berthing.packaging import s3
 from berthing.packaging.package import pack
 from berthing.packaging.sources import resolve

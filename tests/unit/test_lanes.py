@@ -12,7 +12,7 @@ import pytest
 
 from berthing.config import Settings
 from berthing.engine.batcher import LANE_IN_FLIGHT, LOAD_STREAK, Batcher, BatchLimits
-from berthing.engine.model import load_model
+from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource
 from berthing.tasks.tokenize import Encoded
 from berthing.types import BerthingError

@@ -1,30 +1,28 @@
-"""A servable Model: task + encoder + runtime(s) + batcher; the one object every entry point calls."""
+"""A servable Model: task + encoder + runtime(s) + batcher; the one object every entry point calls.
+
+Built from parts (a spec, an encoder, runtimes), so packaging can run one to verify a graph; turning a source into
+a Model is loading.py's.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
 from berthing.engine.batching import plan_batches
-from berthing.packaging.sources import ModelSource
 from berthing.runtime.base import Runtime
-from berthing.runtime.threads import threads_per_worker
 from berthing.spec import ModelSpec
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
-from berthing.types import BadRequest, ModelLoadError, ModelNotFound, PayloadTooLarge, TextInput
-
-if TYPE_CHECKING:
-    from berthing.handler import BaseHandler, Context
+from berthing.types import BadRequest, ModelNotFound, PayloadTooLarge, TextInput
 
 # At most this many lanes: each is a whole session (~55 MB for MiniLM int8), so a many-core host gets fewer,
 # wider lanes (16 cores: 4 lanes x 4 threads) instead of one session per core. Measured only on 2 cores.
@@ -33,23 +31,9 @@ MAX_LANES = 4
 # Requests with more items than this tokenize in a thread instead of on the event loop.
 _INLINE_TOKENIZE_ITEMS = 16
 
-
-@dataclass
-class LoadOptions:
-    """How to load a model; the server fills it from Settings, the Python API from keywords."""
-
-    task: str | None = None
-    runtime: str = "onnx"
-    workers: int = 1
-    threads: int = 0
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "berthing")
-    limits: BatchLimits = field(default_factory=BatchLimits)
-    version: str = "1.0"
-    allow_pickle: bool = False
-    trust_handlers: bool = False  # run a package's handler.py (its own Python code)
-    registry: Any = None  # the server's Registry, handed to custom handlers for ensembles
-    optimize: Any = None  # tune.OptimizeRequest for a checkpoint's first load; None serves the fp32 export
-    lanes: bool = True  # under sustained load, add up to MAX_LANES sessions that split the (single) worker's cores
+# A trusted package's custom handler as loading.py attaches it: one request body in, its answer out (handler.py runs
+# the TorchServe lifecycle and names the handler's own errors).
+RequestHandler = Callable[[Any], Any]
 
 
 class Model:
@@ -76,7 +60,7 @@ class Model:
         self.source = source
         self.load_seconds = load_seconds
         self.batcher: Batcher | None = None
-        self.make_runtime: Callable[[], Runtime] | None = None  # set by load_model; scaling up needs it
+        self.make_runtime: Callable[[], Runtime] | None = None  # set by loading.load_model; scaling up needs it
         self.make_lane: Callable[[int], Runtime] | None = None  # a runtime of N threads for a lane; None = no lanes
         self.lanes: list[Runtime] = []  # built under sustained load (batcher.py explains lanes)
         self.on_lanes: Callable[[str], None] | None = None  # told what lanes were added, for the server's log
@@ -89,8 +73,7 @@ class Model:
         self._scaling = asyncio.Lock()  # one scale change at a time per model
         self._inflight = 0
         self._loop: asyncio.AbstractEventLoop | None = None  # where the batcher runs, for calls from other threads
-        self.handler: BaseHandler | None = None  # a trusted package's custom handler
-        self.handler_context: Context | None = None
+        self.handler: RequestHandler | None = None  # a trusted package's custom handler
 
     def _runner(self, runtime: Runtime) -> Callable[[list[Encoded]], np.ndarray]:
         if id(runtime) in self._runners:
@@ -236,8 +219,6 @@ class Model:
 
     async def handle_request(self, body: Any) -> Any:
         """One request body through the custom handler, in a worker thread (its model calls use the batcher)."""
-        from berthing.handler import handler_pool, run_handler
-
         if self.retired:
             raise ModelNotFound(f"version '{self.version}' of model '{self.name}' was unregistered")
         assert self.handler is not None
@@ -246,17 +227,15 @@ class Model:
             if self.batcher is None or not self.batcher.running:
                 self.start()
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(handler_pool(), run_handler, self.handler, body, self.handler_context)
+            return await loop.run_in_executor(_handler_pool(), self.handler, body)
         finally:
             self._inflight -= 1
 
     def handle(self, body: Any) -> Any:
         """In-process: one request body through the custom handler, as the server would answer it."""
-        from berthing.handler import run_handler
-
         if self.handler is None:
             raise BadRequest(f"model {self.name!r} has no custom handler; call predict()")
-        return run_handler(self.handler, body, self.handler_context)
+        return self.handler(body)
 
     def predict(self, inputs: Any, **options: Any) -> Any:
         """Synchronous in-process prediction on the same task, encoder and runtime; mirrors the input."""
@@ -326,86 +305,12 @@ def _optimization_brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _make_runtime(
-    kind: str, artifact: Path, folder: Path, spec: ModelSpec, threads: int, allow_pickle: bool = False
-) -> Runtime:
-    if kind == "onnx":
-        from berthing.runtime.onnx import OnnxRuntime
-
-        return OnnxRuntime(artifact / "model.onnx", threads)
-    if kind == "torch":
-        from berthing.runtime.torch import TorchRuntime
-
-        return TorchRuntime(folder, spec, threads, allow_pickle)
-    raise ModelLoadError(f"unknown runtime {kind!r} (runtimes: onnx, torch)")
+_POOL: ThreadPoolExecutor | None = None
 
 
-def check_served(task: str, name: str) -> None:
-    """Refuse a task this version cannot serve, naming the ones it can."""
-    from berthing.tasks.registry import TASK_CLASSES, task_class
-
-    if task_class(task) is None:
-        served = [t for t in TASK_CLASSES if task_class(t) is not None]
-        raise ModelLoadError(f"task {task!r} of {name} is not served yet (served tasks: {', '.join(served)})")
-
-
-def load_model(
-    source: ModelSource, options: LoadOptions, progress: Callable[[str], None] | None = None
-) -> Model:
-    """Load a checkpoint or artifact folder: export to ONNX if needed (cached), build runtimes."""
-    from berthing.packaging.checkpoint import read_checkpoint
-    from berthing.packaging.export import ensure_tokenizer_json, is_artifact, prepare
-
-    started = time.perf_counter()
-    folder = source.path
-    if options.runtime == "torch":
-        if is_artifact(folder):
-            raise ModelLoadError(f"{folder} is an ONNX artifact; --runtime torch needs the original checkpoint")
-        spec = read_checkpoint(folder, options.task)
-        artifact = options.cache_dir / "tokenizers" / source.name
-        artifact.mkdir(parents=True, exist_ok=True)
-        ensure_tokenizer_json(folder, artifact)
-    else:
-        if not is_artifact(folder):
-            check_served(read_checkpoint(folder, options.task).task, source.name)  # before a useless export
-        artifact = prepare(folder, options.task, options.cache_dir, progress, options.allow_pickle, options.optimize)
-        meta = json.loads((artifact / "berthing.json").read_text("utf-8"))
-        spec = ModelSpec.from_dict(meta)
-    check_served(spec.task, source.name)
-    encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
-    workers = max(1, options.workers)
-    threads = threads_per_worker(workers, options.threads)
-    runtimes = [_make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle) for _ in range(workers)]
-    model = Model(
-        source.name, source.version or options.version, spec, encoder, runtimes, options.limits, folder,
-        time.perf_counter() - started,
-    )
-    model.optimization = meta.get("optimization") if options.runtime == "onnx" else None
-    model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
-    if options.lanes and options.runtime == "onnx":  # torch keeps one set of weights per runtime: no lanes
-        model.make_lane = lambda lane_threads: _make_runtime(options.runtime, artifact, folder, spec, lane_threads)
-    weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
-    model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
-    attach_handler(model, folder, options)
-    return model
-
-
-def attach_handler(model: Model, folder: Path, options: LoadOptions) -> None:
-    """A package with handler.py: refuse it unless handlers are trusted, else import and initialize the handler."""
-    from berthing.handler import HANDLER_FILE, Context, HandlerNotTrusted, load_handler
-    from berthing.packaging.package import MANIFEST
-
-    if not (folder / MANIFEST).is_file():
-        return
-    manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
-    if not manifest.get("handler"):
-        return
-    if not options.trust_handlers:
-        raise HandlerNotTrusted(
-            f"package {manifest['name']}-{manifest['version']} carries {HANDLER_FILE} (custom Python code); it runs only "
-            "when the server is started with --trust-handlers (BERTHING_TRUST_HANDLERS=true, or trust_handlers=True "
-            "in berthing.load)"
-        )
-    context = Context(model.name, model.version, folder, manifest, model, options.registry)
-    model.handler = load_handler(folder, context)
-    model.handler_context = context
+def _handler_pool() -> ThreadPoolExecutor:
+    """Threads for handler calls: they mostly wait on the batcher, so many of them (asyncio's default pool is 6 here)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="berthing-handler")
+    return _POOL

@@ -16,7 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.names import check_name
 from berthing.packaging.sources import ModelSource, resolve
 from berthing.registry import Conflict, Registry

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from berthing import prefetch
 from berthing.config import Settings
-from berthing.engine.model import Model, load_model
+from berthing.engine.model import Model
+from berthing.loading import load_model
 from berthing.packaging.sources import resolve
 from berthing.registry import Registry
 from berthing.runtime.threads import available_cores

@@ -20,7 +20,7 @@ log = logging.getLogger("berthing.serverless")
 def build_app(environ: dict[str, str] | None = None) -> ServerlessApp:
     """Settings from the environment, models from BERTHING_MODEL (or BERTHING_MODELS), loaded one after another."""
     from berthing.config import Settings
-    from berthing.engine.model import load_model
+    from berthing.loading import load_model
     from berthing.packaging.sources import resolve
     from berthing.registry import Registry
 
