@@ -21,6 +21,7 @@ from berthing.packaging.archive import ArchiveLimits, extract
 from berthing.packaging.checkpoint import read_checkpoint
 from berthing.spec import TASKS
 from berthing.types import ModelLoadError
+from berthing.version import __version__
 
 MANIFEST = "MANIFEST.json"
 SUFFIX = ".berth"
@@ -70,7 +71,6 @@ def build_package(
     """Export `checkpoint` into the empty folder `target` and write its manifest; return the manifest.
 
     `optimize` (a tune.OptimizeRequest) picks and verifies the graph's optimization level; None keeps fp32."""
-    import berthing
     from berthing.packaging.export import write_artifact
     from berthing.runtime.torch import check_weights
 
@@ -115,7 +115,7 @@ def build_package(
         "handler": "handler.py" if handler is not None else None,
         "verification": verification,
         "optimization": optimization,
-        "berthing_version": berthing.__version__,
+        "berthing_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source or {"checkpoint": checkpoint.name},
     }
