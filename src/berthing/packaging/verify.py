@@ -21,16 +21,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from berthing.engine.batcher import BatchLimits
+from berthing.engine.model import Model
 from berthing.packaging.calibration import calibration_texts, read_texts
+from berthing.runtime.threads import threads_per_worker
+from berthing.runtime.torch import TorchRuntime
 from berthing.spec import ModelSpec
+from berthing.tasks.tokenize import Encoder
 from berthing.types import ModelLoadError
-
-if TYPE_CHECKING:
-    from berthing.engine.model import Model
 
 QA_PAIRS = 48  # questions built from the texts: QA reads whole contexts in windows, so it is the slowest task
 RANKINGS = 24  # rerank: rankings of RANKING_SIZE texts each
@@ -92,11 +94,7 @@ class VerifyReport:
 
 def onnx_model(model_onnx: Path, spec: ModelSpec, tokenizer: Path, threads: int = 0, name: str = "candidate") -> Model:
     """A berthing Model around one ONNX graph (no cache, no export): what verification and speed checks run."""
-    from berthing.engine.batcher import BatchLimits
-    from berthing.engine.model import Model
-    from berthing.runtime.onnx import OnnxRuntime
-    from berthing.runtime.threads import threads_per_worker
-    from berthing.tasks.tokenize import Encoder
+    from berthing.runtime.onnx import OnnxRuntime  # onnxruntime: only when a graph is run
 
     encoder = Encoder(tokenizer, spec.max_length, spec.uses_token_types)
     runtime = OnnxRuntime(model_onnx, threads_per_worker(1, threads))
@@ -105,12 +103,6 @@ def onnx_model(model_onnx: Path, spec: ModelSpec, tokenizer: Path, threads: int 
 
 def torch_model(checkpoint: Path, spec: ModelSpec, tokenizer: Path, threads: int = 0, allow_pickle: bool = False) -> Model:
     """The PyTorch checkpoint as a berthing Model (the --runtime torch path), with the artifact's tokenizer."""
-    from berthing.engine.batcher import BatchLimits
-    from berthing.engine.model import Model
-    from berthing.runtime.threads import threads_per_worker
-    from berthing.runtime.torch import TorchRuntime
-    from berthing.tasks.tokenize import Encoder
-
     encoder = Encoder(tokenizer, spec.max_length, spec.uses_token_types)
     runtime = TorchRuntime(checkpoint, spec, threads_per_worker(1, threads), allow_pickle)
     return Model("reference", "torch", spec, encoder, [runtime], BatchLimits(), checkpoint, 0.0)
@@ -120,8 +112,6 @@ def as_model(source: Model | Path, spec: ModelSpec | None = None, tokenizer: Pat
     """A Model, a model.onnx file, an artifact folder (model.onnx + tokenizer.json + berthing.json) or a
     checkpoint folder (run by PyTorch) -> a Model. Files and checkpoints need the spec and tokenizer from an
     artifact unless their folder has them."""
-    from berthing.engine.model import Model
-
     if isinstance(source, Model):
         return source
     folder = source if source.is_dir() else source.parent
