@@ -34,6 +34,7 @@ import numpy as np
 from berthing.packaging.calibration import activation_ranges, calibration_texts
 from berthing.packaging.graph import Graph, is_large, opset, quiet, save_model
 from berthing.packaging.key_mask import fold_checked
+from berthing.packaging.pair_bound import bound_weight_pairs
 from berthing.spec import ModelSpec
 from berthing.types import ModelLoadError
 
@@ -48,7 +49,7 @@ class Int8Config:
 
     name: str = "int8"
     per_channel: bool = True  # one weight scale per output channel, not per matrix
-    reduce_range: bool = False  # 7-bit weights: for CPUs without VNNI, whose u8s8 dot products can saturate
+    reduce_range: bool = False  # 7-bit weights (|q| <= 64): no overflow on any CPU, but less precise than pair_bound
     weight_type: Literal["int8", "uint8"] = "int8"
     op_types: tuple[str, ...] | None = ("MatMul",)  # word embeddings (Gather) stay fp32
     outlier_channels: int = 8  # input channels per MatMul kept in fp32 (the largest on the calibration sample)
@@ -61,6 +62,7 @@ class Int8Config:
     fuse_first: bool = False  # run the transformer fusions before quantizing
     embedding_rows: bool = True  # word-embedding table as int8 with one scale per row (~4x less memory per session)
     fold_key_mask: bool = True  # padding mask inside the QK product instead of a pass over the scores (fold_key_mask)
+    pair_bound: bool = True  # adjacent weight rows sum to <= 128: no 16-bit overflow on x86 without VNNI (pair_bound.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for package manifests."""
@@ -221,6 +223,9 @@ def quantize(
             use_external_data_format=large, extra_options=extra,
         )
         result = onnx.load(str(out))
+        bounded = 0
+        if cfg.pair_bound and cfg.weight_type == "int8" and not cfg.reduce_range:
+            bounded = bound_weight_pairs(result, onnx.load(str(src)))  # from the file: saving may externalize tensors
     rows = _quantize_embedding_rows(result) if cfg.embedding_rows else []
     record = {
         "config": cfg.to_dict(),
@@ -228,6 +233,7 @@ def quantize(
         "outlier_inputs": len(outliers),  # activations split into int8 and fp32 channels
         "outlier_channels_per_input": max(outliers.values(), default=0),
         "smoothed_inputs": smoothed,
+        "pair_bounded_weights": bounded,  # weights whose adjacent rows sum to <= 128 (same integers on every CPU)
         "calibration_texts": len(sample),
         "int8_embedding_tables": rows,
         "key_mask_folded": folded,  # attention layers whose padding mask moved into the QK product

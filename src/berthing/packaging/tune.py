@@ -21,7 +21,7 @@ from berthing.spec import ModelSpec
 from berthing.types import BerthingError, ModelLoadError
 
 CHOICES = ("auto", "none", "fused", "int8")
-TUNE_FORMAT = "2"  # bump when what a level builds changes, so cached optimized artifacts are rebuilt
+TUNE_FORMAT = "3"  # bump when what a level builds changes, so cached optimized artifacts are rebuilt
 Progress = Callable[[str], None]
 
 
