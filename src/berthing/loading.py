@@ -2,8 +2,8 @@
 
 Above packaging and handler.py: a checkpoint is exported (and optimized) once through packaging, then the engine's
 Model is built from the artifact's spec, its tokenizer and the runtimes, and a trusted package's handler is attached.
-Packaging and the handler are imported inside the functions: config.py imports LoadOptions from here, and a command
-that loads no model does not need them.
+The exporter, packages and handler.py are imported inside the functions: config.py imports LoadOptions from here, and
+a command that loads no model does not need them.
 """
 
 from __future__ import annotations
