@@ -108,6 +108,10 @@ class Choice:
     level: Level | None
     path: Path | None
     results: list[LevelResult]
+    # what every level was verified on: the task's inputs, their options and the reference's results (for probes)
+    inputs: list[Any] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    reference_results: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"level": self.level, "results": [r.to_dict() for r in self.results]}
@@ -172,7 +176,7 @@ def choose(
         r.speed = round(speeds.get(r.level, 0.0), 1)
     passing = [r for r in results if r.passed]
     if not passing:
-        return Choice(None, None, results)
+        return Choice(None, None, results, inputs, options, ref_results)
     fastest = max(r.speed for r in passing)
     chosen = next(r for r in passing if r.speed >= fastest * (1 - tolerance))
-    return Choice(chosen.level, Path(chosen.path) if chosen.path else None, results)
+    return Choice(chosen.level, Path(chosen.path) if chosen.path else None, results, inputs, options, ref_results)

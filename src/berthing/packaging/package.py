@@ -67,8 +67,12 @@ def build_package(
     source: dict[str, Any] | None = None,
     optimize: Any = None,
     progress: Callable[[str], None] | None = None,
+    int8_only: bool = False,
 ) -> dict[str, Any]:
     """Export `checkpoint` into the empty folder `target` and write its manifest; return the manifest.
+
+    An int8 package also carries the fp32 graph (fp32/model.onnx), served where the int8 graph fails its probe on
+    the loading CPU, unless `int8_only` (for size-bound images: ~4x smaller).
 
     `optimize` (a tune.OptimizeRequest) picks and verifies the graph's optimization level; None keeps fp32."""
     from berthing.packaging.export import write_artifact
@@ -94,7 +98,9 @@ def build_package(
     if optimize is not None:
         from berthing.packaging.tune import tune
 
-        optimization = tune(checkpoint, spec, target, optimize, allow_pickle=allow_pickle, progress=progress)
+        optimization = tune(
+            checkpoint, spec, target, optimize, allow_pickle=allow_pickle, progress=progress, keep_fp32=not int8_only
+        )
     files = {
         p.relative_to(target).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
         for p in sorted(target.rglob("*"))
@@ -115,6 +121,7 @@ def build_package(
         "handler": "handler.py" if handler is not None else None,
         "verification": verification,
         "optimization": optimization,
+        "probe": json.loads((target / "berthing.json").read_text(encoding="utf-8")).get("probe"),
         "berthing_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source or {"checkpoint": checkpoint.name},

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from berthing.packaging.probe import build_probe
 from berthing.spec import ModelSpec
 from berthing.types import BerthingError, ModelLoadError
 
 CHOICES = ("auto", "none", "fused", "int8")
+FALLBACK_DIR = "fp32"  # a package's fp32 graph, served where the int8 graph fails its probe
 TUNE_FORMAT = "3"  # bump when what a level builds changes, so cached optimized artifacts are rebuilt
 Progress = Callable[[str], None]
 
@@ -79,11 +81,13 @@ class OptimizeRequest:
     def key(self) -> str:
         """Cache key of the optimized artifact: every input that can change what is built or chosen."""
         from berthing.packaging.int8 import DEFAULT_INT8
+        from berthing.runtime.cpu import detect
 
         calibration = hashlib.sha256(self.calibration.read_bytes()).hexdigest() if self.calibration else "built-in"
         data = {
             "format": TUNE_FORMAT, "level": self.level, "force": self.force, "calibration": calibration,
             "thresholds": asdict(parse_thresholds(self.thresholds)), "int8": DEFAULT_INT8.to_dict(),
+            "cpu": detect().cpu_class,  # auto keeps the fastest level on this CPU; a shared cache keeps one per class
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -97,9 +101,12 @@ def tune(
     threads: int = 0,
     allow_pickle: bool = False,
     progress: Progress | None = None,
+    keep_fp32: bool = False,
 ) -> dict[str, Any]:
     """Replace artifact/model.onnx (the fp32 export) by the requested level, verified against PyTorch; return the record.
 
+    Also writes artifact/probe.json (the reference's results on a few calibration inputs, checked on this CPU) and,
+    with keep_fp32 and an int8 pick, keeps the fp32 export as artifact/fp32/model.onnx for a host whose check fails.
     Raises ModelLoadError with every level's figures when the level (auto: every level) misses its thresholds,
     unless request.force.
     """
@@ -143,6 +150,8 @@ def tune(
             record.update(level=picked, forced=True)
         if picked == "int8":
             record["int8"] = DEFAULT_INT8.to_dict()
+            if keep_fp32:
+                _keep_fp32(artifact)
         chosen = work / picked / "model.onnx"
         for suffix in ("", ".data"):
             src = chosen.with_name(chosen.name + suffix)
@@ -153,10 +162,23 @@ def tune(
                 dst.unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    say("checking the kept graph's probe on this CPU")
+    probe = build_probe(artifact, spec, choice.inputs, choice.options, choice.reference_results, record["thresholds"],
+                        threads)
     meta = json.loads((artifact / "berthing.json").read_text(encoding="utf-8"))
     meta["optimization"] = record
+    meta["probe"] = probe
     (artifact / "berthing.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
     return record
+
+
+def _keep_fp32(artifact: Path) -> None:
+    """Copy the fp32 export (and its external weights, if any) to artifact/fp32/ before int8 replaces it."""
+    (artifact / FALLBACK_DIR).mkdir(exist_ok=True)
+    for suffix in ("", ".data"):
+        src = artifact / ("model.onnx" + suffix)
+        if src.is_file():
+            shutil.copyfile(src, artifact / FALLBACK_DIR / src.name)
 
 
 def _level_record(result: Any) -> dict[str, Any]:
