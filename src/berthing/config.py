@@ -117,6 +117,16 @@ class Settings(BaseModel):
         "that passes verification against PyTorch; none = fp32 as exported. Packages keep the level they were packed with.",
     )
     optimize_force: bool = Field(False, description="Serve the requested optimization level even if it fails verification.")
+    on_verify_fail: Literal["fallback", "refuse", "serve"] = Field(
+        "fallback",
+        description="A package whose graph fails its probe on this CPU: serve the fp32 graph it carries (fallback), "
+        "refuse to load it, or serve it anyway with a warning.",
+    )
+    verify_on_load: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Run a package's probe at load: auto = when this CPU's class or onnxruntime differs from where it "
+        "was verified; always; never.",
+    )
     calibration_file: Path | None = Field(
         None, description="Texts (one a line) that int8 calibrates on and verification runs; default: a built-in sample."
     )
@@ -169,6 +179,8 @@ class Settings(BaseModel):
             allow_pickle=self.allow_pickle,
             trust_handlers=self.trust_handlers,
             optimize=OptimizeRequest(merged["optimize"], self.calibration_file, dict(self.thresholds), self.optimize_force),
+            on_verify_fail=self.on_verify_fail,
+            verify_on_load=self.verify_on_load,
         )
 
 

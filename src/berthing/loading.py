@@ -42,15 +42,17 @@ class LoadOptions:
     registry: Registry | None = None  # the server's models, handed to custom handlers for ensembles
     optimize: OptimizeRequest | None = None  # for a checkpoint's first load; None serves the fp32 export
     lanes: bool = True  # under sustained load, add up to MAX_LANES sessions that split the (single) worker's cores
+    on_verify_fail: str = "fallback"  # a package failing its probe here: fallback (its fp32 graph) | refuse | serve
+    verify_on_load: str = "auto"  # run the probe: auto (CPU class or onnxruntime differs) | always | never
 
 
 def _make_runtime(
-    kind: str, artifact: Path, folder: Path, spec: ModelSpec, threads: int, allow_pickle: bool = False
+    kind: str, graph: Path, folder: Path, spec: ModelSpec, threads: int, allow_pickle: bool = False
 ) -> Runtime:
     if kind == "onnx":
         from berthing.runtime.onnx import OnnxRuntime
 
-        return OnnxRuntime(artifact / "model.onnx", threads)
+        return OnnxRuntime(graph, threads)
     if kind == "torch":
         from berthing.runtime.torch import TorchRuntime
 
@@ -93,16 +95,30 @@ def load_model(
     encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
     workers = max(1, options.workers)
     threads = threads_per_worker(workers, options.threads)
-    runtimes = [_make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle) for _ in range(workers)]
+    graph = [artifact / "model.onnx"]  # the fp32 fallback may replace it after the load check
+
+    def make(lane_threads: int = threads) -> Runtime:
+        return _make_runtime(options.runtime, graph[0], folder, spec, lane_threads, options.allow_pickle)
+
     model = Model(
-        source.name, source.version or options.version, spec, encoder, runtimes, options.limits, folder,
-        time.perf_counter() - started,
+        source.name, source.version or options.version, spec, encoder, [make() for _ in range(workers)], options.limits,
+        folder, 0.0,
     )
     model.optimization = meta.get("optimization") if options.runtime == "onnx" else None
-    model.make_runtime = lambda: _make_runtime(options.runtime, artifact, folder, spec, threads, options.allow_pickle)
+    if options.runtime == "onnx":
+        from berthing.load_check import check_on_load
+
+        def rebuild(fallback: Path) -> None:
+            graph[0] = fallback
+            model.runtimes[:] = [make() for _ in model.runtimes]
+
+        check = check_on_load(model, artifact, meta, options.on_verify_fail, options.verify_on_load, rebuild)
+        model.verification = check.to_dict()
+    model.load_seconds = time.perf_counter() - started
+    model.make_runtime = make
     if options.lanes and options.runtime == "onnx":  # torch keeps one set of weights per runtime: no lanes
-        model.make_lane = lambda lane_threads: _make_runtime(options.runtime, artifact, folder, spec, lane_threads)
-    weights = [artifact / "model.onnx"] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
+        model.make_lane = make
+    weights = [graph[0]] if options.runtime == "onnx" else list(folder.glob("*.safetensors"))
     model.memory_bytes = sum(p.stat().st_size for p in weights if p.is_file())
     attach_handler(model, folder, options)
     return model

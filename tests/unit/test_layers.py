@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "berthing.registry": 5,
     "berthing.handler": 5,
     "berthing.loading": 6,
+    "berthing.load_check": 6,  # a package's probe at load: below loading.py, which calls it
     "berthing.config": 7,
     "berthing.server": 8,
     "berthing.serverless": 8,

@@ -67,6 +67,7 @@ class Model:
         self._lane_task: asyncio.Task[None] | None = None
         self.memory_bytes = 0  # size of the model file the runtimes load (ONNX or weights), per worker
         self.optimization: dict[str, Any] | None = None  # the artifact's optimization record (berthing.json)
+        self.verification: dict[str, Any] | None = None  # what the load-time probe did here (load_check.LoadCheck)
         self._runners: dict[int, Callable[[list[Encoded]], np.ndarray]] = {}
         self.url = str(source)  # what it was registered from, as the management API lists it
         self.retired = False
@@ -278,6 +279,7 @@ class Model:
             "loadSeconds": round(self.load_seconds, 3),
             "customHandler": self.handler is not None,
             "optimization": _optimization_brief(self.optimization),
+            "verification": self.verification,
             "batchSettings": {
                 "maxBatchTokens": self.limits.max_batch_tokens,
                 "maxBatchSize": self.limits.max_batch_size,

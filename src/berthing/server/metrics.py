@@ -47,6 +47,12 @@ class Metrics:
             "berthing_model_load_seconds", "Seconds to load the model", ["model", "version"], registry=r
         )
 
+        self.verification = Gauge(
+            "berthing_model_verification",
+            "1 for the load-time check's outcome on this CPU (passed, fallback, failed-served, not-needed, skipped, "
+            "no-probe) and the graph served",
+            ["model", "version", "outcome", "graph"], registry=r,
+        )
         self.workers = Gauge("berthing_model_workers", "Runtime workers of each model version", ["model"], registry=r)
         self.lanes = Gauge(
             "berthing_model_lanes", "Single-thread lanes added under sustained load (0 until then)", ["model"], registry=r
@@ -56,6 +62,8 @@ class Metrics:
         """Register a model's gauges and return the observer its batcher calls after each batch."""
         label = f"{model.name}:{model.version}"
         self.load_seconds.labels(model.name, model.version).set(model.load_seconds)
+        if model.verification:
+            self.verification.labels(*_verification_labels(model)).set(1)
         self.workers.labels(label).set_function(lambda: len(model.runtimes))
         self.lanes.labels(label).set_function(lambda: len(model.lanes))
         self.queue_depth.labels(label).set_function(lambda: model.batcher.depth if model.batcher else 0)
@@ -81,6 +89,7 @@ class Metrics:
             (self.load_seconds, (model.name, model.version)), (self.queue_depth, (label,)), (self.workers, (label,)),
             (self.lanes, (label,)), (self.batch_size, (label,)), (self.batch_tokens, (label,)), (self.batch_seconds, (label,)),
             (self.tokens, (label, "real")), (self.tokens, (label, "padded")),
+            (self.verification, _verification_labels(model)),
         ):
             try:
                 metric.remove(*labels)
@@ -90,3 +99,8 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+def _verification_labels(model: Model) -> tuple[str, str, str, str]:
+    check = model.verification or {}
+    return model.name, model.version, str(check.get("outcome")), str(check.get("graph"))
