@@ -95,6 +95,8 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(help=_help("metrics_port"))] = None,
     optimize: Annotated[str | None, typer.Option(help=_help("optimize"))] = None,
     optimize_force: Annotated[bool | None, typer.Option("--optimize-force", help=_help("optimize_force"))] = None,
+    on_verify_fail: Annotated[str | None, typer.Option(help=_help("on_verify_fail"))] = None,
+    verify_on_load: Annotated[str | None, typer.Option(help=_help("verify_on_load"))] = None,
     calibration: Annotated[
         Path | None, typer.Option("--calibration-file", "--calibration", help=_help("calibration_file"))
     ] = None,
@@ -120,7 +122,7 @@ def serve(
         management_token_file=management_token_file, management_auth=management_auth, inference_token=inference_token,
         allowed_sources=allowed_sources, cors_origins=cors_origins, default_workers=default_workers,
         trust_handlers=trust_handlers, metrics_host=metrics_host, metrics_port=metrics_port, optimize=optimize,
-        optimize_force=optimize_force,
+        optimize_force=optimize_force, on_verify_fail=on_verify_fail, verify_on_load=verify_on_load,
         calibration_file=calibration, thresholds=_threshold_flags(threshold),
     )
     launched = sys.argv[2:] if sys.argv[1:2] == ["serve"] else None  # a `berthing serve` process, not a library call
@@ -168,12 +170,17 @@ def pack(
         list[str] | None, typer.Option(help="Verification threshold NAME=VALUE (repeatable), e.g. cosine_min=0.97 or ...=off.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep the requested level even if it fails verification.")] = False,
+    int8_only: Annotated[
+        bool, typer.Option("--int8-only", help="Leave out the fp32 graph an int8 package falls back to (~4x smaller).")
+    ] = False,
 ) -> None:
     """Export a checkpoint, optimize and verify it, write NAME-VERSION.berth (ONNX, tokenizer, spec, figures, checksums)."""
     import tempfile
 
     from berthing.packaging.package import pack as build
+    from berthing.packaging.pair_bound import cpu_line
     from berthing.packaging.tune import OptimizeRequest, summary
+    from berthing.runtime.cpu import detect
 
     thresholds = _threshold_flags(threshold)
     checkpoint = Path(checkpoint_arg) if checkpoint_arg and not checkpoint_arg.startswith("s3://") else None
@@ -219,7 +226,7 @@ def pack(
                 path, manifest = build(
                     checkpoint, output, name, version or "1.0", archive=not no_archive, task=task, labels=label_list,
                     labels_origin=origin, handler=handler, allow_pickle=allow_pickle, source=source,
-                    optimize=request, progress=progress,
+                    optimize=request, progress=progress, int8_only=int8_only,
                 )
     except BerthingError as exc:
         console.print(f"[red]error:[/] {exc.message}")
@@ -227,6 +234,13 @@ def pack(
     error = manifest["verification"]["max_abs_error"]
     console.print(f"[green]✓[/] {path} ({manifest['task']}, ONNX max abs error vs PyTorch {error:.1e})")
     console.print(f"  {summary(manifest.get('optimization'))}")
+    console.print(f"  {cpu_line(detect(), (manifest.get('optimization') or {}).get('level'))}")
+    if probe := manifest.get("probe"):
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in probe["metrics"].items() if k in probe["thresholds"])
+        console.print(
+            f"  probe: {probe['inputs']} inputs ({probe['bytes'] / 1024:.0f} KB), {figures} here in {probe['seconds']:.2f} s; "
+            "checked again where the CPU class or onnxruntime differs"
+        )
     typer.echo(str(path))
 
 
@@ -253,15 +267,34 @@ def inspect(
     out = Console(soft_wrap=True)
     table = Table(title=f"{manifest['name']}-{manifest['version']}", show_header=False)
     for key, value in manifest.items():
-        if key not in ("files", "optimization"):
+        if key not in ("files", "optimization", "probe"):
             table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     out.print(table)
     _print_optimization(out, manifest.get("optimization"))
+    _print_probe(out, manifest)
     files = Table("file", "bytes")
     files.add_column("sha256", overflow="fold")
     for rel, entry in manifest["files"].items():
         files.add_row(rel, str(entry.get("size", "")), entry["sha256"])
     out.print(files)
+
+
+def _print_probe(out: Console, manifest: dict[str, Any]) -> None:
+    """Where the package was verified and what it checks where it loads."""
+    from berthing.runtime.cpu import CpuInfo, detect
+
+    probe = manifest.get("probe")
+    if not probe:
+        out.print("verified on: not recorded (packed before berthing recorded the CPU); no probe, not checked at load")
+        return
+    cpu = CpuInfo.from_dict(probe.get("cpu") or {})
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in probe.get("metrics", {}).items() if k in probe.get("thresholds", {}))
+    fallback = "fp32/model.onnx" in manifest["files"]
+    out.print(
+        f"verified on: {cpu.describe()}, class {cpu.cpu_class}, onnxruntime {probe.get('onnxruntime')}; probe: {probe['inputs']} "
+        f"inputs, {figures} there; this host: {detect().describe()}, class {detect().cpu_class}; "
+        f"fp32 fallback: {'carried' if fallback else 'not carried (--int8-only)'}"
+    )
 
 
 def _print_optimization(out: Console, record: dict[str, Any] | None) -> None:

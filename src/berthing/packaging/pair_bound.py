@@ -65,3 +65,11 @@ def worst_pair(q: np.ndarray) -> int:
     if not even:
         return int(np.abs(q.astype(np.int32)).max(initial=0))
     return int(np.abs(q[:even].astype(np.int32)).reshape(even // 2, 2, -1).sum(axis=1).max())
+
+
+def cpu_line(cpu: Any, level: str | None) -> str:
+    """'cpu: AMD EPYC (avx2, no vnni) -> int8 with pair-bounded weights ...' for `pack` and `serve` output."""
+    if level != "int8":
+        return f"cpu: {cpu.describe()} -> {'fp32' if level in (None, 'none') else level + ' (fp32)'}"
+    how = "16-bit pair sums here cannot overflow" if cpu.saturates_u8s8 else "32-bit dot products here"
+    return f"cpu: {cpu.describe()} -> int8 with pair-bounded weights ({how})"

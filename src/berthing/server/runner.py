@@ -67,7 +67,9 @@ def model_specs(settings: Settings) -> list[str | None]:
 
 def load_registry(settings: Settings, console: Console) -> Registry:
     """Load the configured models (the default model when none is named), with a spinner per model."""
+    from berthing.packaging.pair_bound import cpu_line
     from berthing.packaging.tune import summary
+    from berthing.runtime.cpu import detect
 
     registry = Registry()
     for spec in model_specs(settings):
@@ -91,6 +93,9 @@ def load_registry(settings: Settings, console: Console) -> Registry:
         )
         if model.runtimes[0].name == "onnx":
             console.print(f"  {summary(model.optimization)}")
+            check = model.verification or {}
+            level = "none" if check.get("outcome") == "fallback" else (model.optimization or {}).get("level")
+            console.print(f"  {cpu_line(detect(), level)}; load check: {check.get('outcome')} ({check.get('note')})")
     return registry
 
 
