@@ -89,7 +89,14 @@ CASES = [
          Int8Config(name="int8-nofold", fold_key_mask=False)),
     Case("int8-a0.5", "int8", "berthing default with SmoothQuant a=0.5", Int8Config(name="int8-a0.5", smooth_alpha=0.5)),
     Case("int8", "int8", "berthing default: SmoothQuant 0.85 on every LayerNorm-fed input, outlier split on the "
-         "others (GELU outputs) where max/median channel range >= 6", None),
+         "others (GELU outputs) where max/median channel range >= 6, pair-bounded s8 weights", None),
+    Case("int8-s8", "int8", "berthing int8 until 2026-12-02: plain 8-bit s8 weights (16-bit pair sums overflow on x86 "
+         "without VNNI)", Int8Config(name="int8-s8", pair_bound=False)),
+    Case("int8-rr", "int8", "berthing int8 with reduce_range (7-bit weights)", Int8Config(name="int8-rr", reduce_range=True)),
+    Case("int8-rr-a0.5", "int8", "reduce_range, SmoothQuant a=0.5",
+         Int8Config(name="int8-rr-a0.5", reduce_range=True, smooth_alpha=0.5)),
+    Case("int8-u8", "int8", "berthing int8 with uint8 weights (u8 x u8 kernels)",
+         Int8Config(name="int8-u8", weight_type="uint8")),
     Case("fp32-eager", "none", "fp32, exported with eager attention (not SDPA)", eager=True),
     Case("fused-eager", "fused", "eager export, ORT transformer optimizer (Attention, EmbedLayerNorm fuse too)", eager=True),
     Case("int8-eager", "int8", "eager export, berthing default int8", eager=True),
