@@ -427,11 +427,12 @@ def load_engine(onnx_path: Path | None) -> tuple[Any, Path]:
 
 
 def _artifact_onnx(model: Any) -> Path:
-    """The model.onnx a loaded Model runs: its artifact folder (prepare() finds the cached export, exports nothing)."""
+    """The model.onnx a loaded Model runs: its optimized artifact (prepare() with the same request finds it cached)."""
     from berthing.config import Settings
     from berthing.packaging.export import prepare
 
-    return prepare(Path(model.source), None, Settings().cache_dir) / "model.onnx"
+    settings = Settings()
+    return prepare(Path(model.source), None, settings.cache_dir, optimize=settings.load_options().optimize) / "model.onnx"
 
 
 @dataclass
@@ -712,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     out_text += [f"### FLOPs of all-MiniLM-L6-v2 ({finfo['formula']})", "", ftable, ""]
 
     print(f"Engine: Model.predict over {len(sentences)} sentences ({workload}) ...", flush=True)
-    runs = [run_engine("fp32 (berthing default)", None, sentences, args.repeats, args.quiet_wait)]
+    level = (json.loads((graph.parent / "berthing.json").read_text("utf-8")).get("optimization") or {}).get("level")
+    runs = [run_engine(f"{level or 'none'} (berthing default)", None, sentences, args.repeats, args.quiet_wait)]
     for path in args.onnx:
         runs.append(run_engine(str(path), path, sentences, args.repeats, args.quiet_wait))
     rows = engine_rows(runs, peaks)

@@ -233,7 +233,7 @@ class Session:
         if single:
             one = cosine(single[0], reference[0])
             verdict["single_text_cosine"] = round(one, 6)
-            verdict["ok"] = verdict["ok"] and one >= COSINE_MIN
+            verdict["ok"] = verdict["ok"] and one >= self.system.cosine_min  # the system's own gate, as for the lists
         return verdict
 
     def run_case(self, case: str, texts: list[str]) -> CaseResult:
