@@ -73,10 +73,14 @@ def check_on_load(
     record = meta.get("probe")
     probe = read_probe(artifact) if record else None
     level = (meta.get("optimization") or {}).get("level") or "none"
+    host = detect()
     if record is None or probe is None:
         note = "no probe (packed before berthing recorded one): not checked on this CPU" if meta.get("optimization") else "fp32"
+        int8 = (meta.get("optimization") or {}).get("int8") or {}
+        if level == "int8" and host.saturates_u8s8 and not int8.get("pair_bound") and not int8.get("reduce_range"):
+            note += f"; its int8 weights are not pair-bounded and can overflow on this CPU ({host.describe()}): repack it"
+            log.warning("model %s: %s", model.name, note)
         return LoadCheck("no-probe", note)
-    host = detect()
     verified_on = CpuInfo.from_dict(record.get("cpu") or {}).describe()
     reason = _reason(record, when, host)
     if when == "never" or reason is None:

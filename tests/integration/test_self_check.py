@@ -187,6 +187,22 @@ def test_a_package_without_a_probe_still_loads_with_a_note(packed, tmp_path: Pat
     assert len(model.predict(TEXTS)) == len(TEXTS)
 
 
+def test_an_old_int8_package_without_pair_bounded_weights_is_flagged_where_it_can_overflow(packed, tmp_path: Path) -> None:
+    folder = _copy(packed, "full", tmp_path)
+    (folder / "probe.json").unlink()
+
+    def old(meta: dict) -> None:
+        meta.pop("probe")
+        meta["optimization"]["int8"].pop("pair_bound")
+
+    _edit_meta(folder, old)
+    note = berthing.load(folder, cache_dir=tmp_path / "cache").verification["note"]
+    flagged = f"; its int8 weights are not pair-bounded and can overflow on this CPU ({detect().describe()}): repack it"
+    assert note == "no probe (packed before berthing recorded one): not checked on this CPU" + (
+        flagged if detect().saturates_u8s8 else ""
+    )
+
+
 def test_the_start_line_and_metrics_say_what_the_check_did(packed, tmp_path: Path) -> None:
     folder = _copy(packed, "full", tmp_path)
     _damage_scales(folder)
