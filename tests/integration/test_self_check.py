@@ -212,3 +212,8 @@ def test_the_start_line_and_metrics_say_what_the_check_did(packed, tmp_path: Pat
         assert f"cpu: {detect().describe()} -> fp32; load check: fallback (int8 FAILED its probe here (cosine_min " in out
         metrics = httpx.get(f"{url}/metrics").text
         assert 'berthing_model_verification{graph="fp32/model.onnx",model="e",outcome="fallback",version="1.0"} 1.0' in metrics
+        admin = re.search(r"management API at (http://127\.0\.0\.1:\d+)", proc.startup_output).group(1)
+        token = json.loads((tmp_path / "cache" / "key_file.json").read_text())["management"]["key"]
+        described = httpx.get(f"{admin}/models/e", headers={"authorization": f"Bearer {token}"}).json()
+        check = described[0]["verification"]
+        assert (check["outcome"], check["graph"], check["cpu"]) == ("fallback", "fp32/model.onnx", detect().describe())
