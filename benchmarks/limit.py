@@ -509,11 +509,13 @@ def run_engine(label: str, onnx_path: Path | None, sentences: list[str], repeats
 
 def profile_ops(model: Any, graph: Path, encoded: list[Any], batches: list[list[int]]) -> dict[str, float]:
     """Kernel seconds per operator type in one ORT-profiled pass over the planned batches (after ORT's fusions)."""
+    from berthing.runtime.onnx import create_session
+
     options = session_options(model.runtimes[0].threads)
     with tempfile.TemporaryDirectory() as tmp:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        session = create_session(graph, options)  # berthing's own session: its disabled optimizers too
         names = {i.name for i in session.get_inputs()}
         feeds = []
         for batch in batches:
