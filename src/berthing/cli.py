@@ -179,6 +179,7 @@ def pack(
 
     from berthing.packaging.package import pack as build
     from berthing.packaging.pair_bound import cpu_line
+    from berthing.packaging.probe import figures
     from berthing.packaging.tune import OptimizeRequest, summary
     from berthing.runtime.cpu import detect
 
@@ -236,9 +237,9 @@ def pack(
     console.print(f"  {summary(manifest.get('optimization'))}")
     console.print(f"  {cpu_line(detect(), (manifest.get('optimization') or {}).get('level'))}")
     if probe := manifest.get("probe"):
-        figures = ", ".join(f"{k} {v:.4f}" for k, v in probe["metrics"].items() if k in probe["thresholds"])
+        shown = figures(probe["metrics"], probe["thresholds"])
         console.print(
-            f"  probe: {probe['inputs']} inputs ({probe['bytes'] / 1024:.0f} KB), {figures} here in {probe['seconds']:.2f} s; "
+            f"  probe: {probe['inputs']} inputs ({probe['bytes'] / 1024:.0f} KB), {shown} here in {probe['seconds']:.2f} s; "
             "checked again where the CPU class or onnxruntime differs"
         )
     typer.echo(str(path))
@@ -281,6 +282,7 @@ def inspect(
 
 def _print_probe(out: Console, manifest: dict[str, Any]) -> None:
     """Where the package was verified and what it checks where it loads."""
+    from berthing.packaging.probe import figures
     from berthing.runtime.cpu import CpuInfo, detect
 
     probe = manifest.get("probe")
@@ -288,11 +290,11 @@ def _print_probe(out: Console, manifest: dict[str, Any]) -> None:
         out.print("verified on: not recorded (packed before berthing recorded the CPU); no probe, not checked at load")
         return
     cpu = CpuInfo.from_dict(probe.get("cpu") or {})
-    figures = ", ".join(f"{k} {v:.4f}" for k, v in probe.get("metrics", {}).items() if k in probe.get("thresholds", {}))
+    shown = figures(probe.get("metrics", {}), probe.get("thresholds", {}))
     fallback = "fp32/model.onnx" in manifest["files"]
     out.print(
         f"verified on: {cpu.describe()}, class {cpu.cpu_class}, onnxruntime {probe.get('onnxruntime')}; probe: {probe['inputs']} "
-        f"inputs, {figures} there; this host: {detect().describe()}, class {detect().cpu_class}; "
+        f"inputs, {shown} there; this host: {detect().describe()}, class {detect().cpu_class}; "
         f"fp32 fallback: {'carried' if fallback else 'not carried (--int8-only)'}"
     )
 

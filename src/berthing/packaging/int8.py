@@ -14,9 +14,10 @@ The default here measures each MatMul input's channel ranges on a built-in calib
   (x @ W = (x * keep) @ W + x[..., idx] @ W[idx]). Splitting the FFN inputs too (split_layernorm_inputs) is a bit
   more accurate but adds a full-width fp32 product and add per layer (-10% sentences/s).
 
-On MiniLM that gives worst cosine 0.984, mean 0.998 on the calibration texts (held out: 0.995 / 0.9984) at
-2.0x fp32's sentences/s on 2 AVX-512/VNNI cores; the other configurations tried are in
-benchmarks/optimize_bench.py and its table.
+Weights are pair-bounded (pair_bound.py), so every CPU class computes the same integer products. On MiniLM that gives
+worst cosine 0.984, mean 0.998 on the calibration texts (held out: 0.993 / 0.998) at 1.5x fp32's sentences/s on 2
+AVX2 cores (2.3x on AVX-512 VNNI/AMX before the pair bound); the configurations tried are in
+benchmarks/optimize_bench.py and docs/optimization.md.
 
 onnxruntime.quantization and onnx are imported inside the functions: the serving path never pays for them.
 """

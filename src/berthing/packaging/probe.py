@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from berthing.runtime.cpu import CpuInfo
-
 if TYPE_CHECKING:
     from berthing.engine.model import Model
 
 PROBE_FILE = "probe.json"
-PROBE_INPUTS = 32  # MiniLM: ~40 KB of JSON per 32 embeddings at 7 significant digits
+PROBE_INPUTS = 32  # MiniLM: ~140 KB of JSON for 32 vectors of 384 floats at 7 significant digits
 FORMAT = 1
 
 
@@ -91,8 +89,13 @@ class ProbeResult:
 
     def figures(self) -> str:
         """'cosine_min 0.9712, cosine_mean 0.9951' for start lines and errors."""
-        shown = [k for k in self.thresholds] or list(self.metrics)
-        return ", ".join(f"{k} {self.metrics[k]:.4f}" for k in shown if k in self.metrics)
+        return figures(self.metrics, self.thresholds)
+
+
+def figures(metrics: dict[str, float], thresholds: dict[str, float]) -> str:
+    """The figures that have a threshold (all of them when none has), as 'name 0.1234, ...'."""
+    shown = list(thresholds) or list(metrics)
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
 
 
 def run_probe(model: Model, probe: Probe, thresholds: dict[str, float]) -> ProbeResult:
@@ -102,21 +105,12 @@ def run_probe(model: Model, probe: Probe, thresholds: dict[str, float]) -> Probe
 
     started = time.perf_counter()
     results = model.predict(list(probe.inputs), **probe.options)
-    reference = probe.results
-    if probe.task == "embed":
-        results, reference = [np.asarray(r, dtype=np.float64) for r in results], [np.asarray(r) for r in reference]
-    metrics = compare(probe.task, results, reference, model.spec)
+    metrics = compare(probe.task, results, probe.results, model.spec)
     marks: dict[str, float | None] = dict.fromkeys(Thresholds.__dataclass_fields__)  # a check turned off at pack: off
     marks.update({k: float(v) for k, v in thresholds.items() if k in marks})
     applied, _failed, messages = judge(probe.task, metrics, Thresholds(**marks))
     return ProbeResult(not messages, {k: round(v, 6) for k, v in metrics.items()}, applied, messages,
                        round(time.perf_counter() - started, 3))
-
-
-def recorded_cpu(manifest: dict[str, Any]) -> CpuInfo | None:
-    """The CPU a package's graph was verified on (None for packages packed before it was recorded)."""
-    data = (manifest.get("probe") or {}).get("cpu")
-    return CpuInfo.from_dict(data) if isinstance(data, dict) else None
 
 
 def build_probe(
