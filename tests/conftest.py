@@ -20,6 +20,10 @@ from tests.support.servers import ThreadServer
 # Most tests check fp32 parity with PyTorch to 1e-4, so their models load unoptimized (in this process and in every
 # `berthing serve`/`pack` they start); tests of optimization pass their level, and test_config checks the default.
 os.environ.setdefault("BERTHING_OPTIMIZE", "none")
+# Protocols on ports of their own bind free ports in tests (never 8001 or 5555, which parallel runs would share).
+os.environ.setdefault("BERTHING_GRPC_PORT", "0")
+os.environ.setdefault("BERTHING_BERT_SERVING_PORT", "0")
+os.environ.setdefault("BERTHING_BERT_SERVING_PORT_OUT", "0")
 
 CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
 

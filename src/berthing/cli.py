@@ -87,6 +87,13 @@ def serve(
         bool | None, typer.Option("--management-auth/--no-management-auth", help=_help("management_auth"))
     ] = None,
     inference_token: Annotated[str | None, typer.Option(help=_help("inference_token"))] = None,
+    protocols: Annotated[list[str] | None, typer.Option("--protocols", "--protocol", help=_help("protocols"))] = None,
+    default_model: Annotated[str | None, typer.Option(help=_help("default_model"))] = None,
+    grpc_host: Annotated[str | None, typer.Option(help=_help("grpc_host"))] = None,
+    grpc_port: Annotated[int | None, typer.Option(help=_help("grpc_port"))] = None,
+    bert_serving_host: Annotated[str | None, typer.Option(help=_help("bert_serving_host"))] = None,
+    bert_serving_port: Annotated[int | None, typer.Option(help=_help("bert_serving_port"))] = None,
+    bert_serving_port_out: Annotated[int | None, typer.Option(help=_help("bert_serving_port_out"))] = None,
     allowed_sources: Annotated[list[str] | None, typer.Option(help=_help("allowed_sources"))] = None,
     cors_origins: Annotated[list[str] | None, typer.Option("--cors-origins", "--cors-origin", help=_help("cors_origins"))] = None,
     default_workers: Annotated[int | None, typer.Option(help=_help("default_workers"))] = None,
@@ -124,6 +131,9 @@ def serve(
         trust_handlers=trust_handlers, metrics_host=metrics_host, metrics_port=metrics_port, optimize=optimize,
         optimize_force=optimize_force, on_verify_fail=on_verify_fail, verify_on_load=verify_on_load,
         calibration_file=calibration, thresholds=_threshold_flags(threshold),
+        protocols=[part.strip() for item in protocols for part in item.split(",") if part.strip()] if protocols else None,
+        default_model=default_model, grpc_host=grpc_host, grpc_port=grpc_port, bert_serving_host=bert_serving_host,
+        bert_serving_port=bert_serving_port, bert_serving_port_out=bert_serving_port_out,
     )
     launched = sys.argv[2:] if sys.argv[1:2] == ["serve"] else None  # a `berthing serve` process, not a library call
     try:

@@ -36,6 +36,8 @@ class ModelOverrides(BaseModel):
 
 
 ENV_PREFIX = "BERTHING_"
+# The wire protocols berthing speaks (docs/protocols.md); the HTTP ones share the inference port.
+PROTOCOLS = ("torchserve", "openai", "tei", "rerank", "infinity", "kserve", "kserve-grpc", "bert-serving")
 
 
 class SettingsError(ValueError):
@@ -90,6 +92,23 @@ class Settings(BaseModel):
     )
     management_auth: bool = Field(True, description="Require the token on management routes (off only on loopback).")
     inference_token: str | None = Field(None, description="Bearer token for inference routes (default: none).")
+    protocols: list[str] = Field(
+        default_factory=lambda: ["all"],
+        description="Wire protocols served: all, or names among " + ", ".join(PROTOCOLS) + "; '-NAME' turns one off "
+        "(all,-kserve-grpc).",
+    )
+    default_model: str | None = Field(
+        None, description="Model of routes that name none (TEI, bert-serving, OpenAI's placeholder names); default: the first."
+    )
+    grpc_host: str = Field("127.0.0.1", description="Address of the KServe V2 gRPC listener.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the KServe V2 gRPC listener (Triton's 8001).")
+    bert_serving_host: str = Field("127.0.0.1", description="Address of the bert-as-service ZeroMQ listener.")
+    bert_serving_port: int = Field(
+        5555, ge=0, le=65535, description="bert-as-service's request port (ZeroMQ PULL); replies go out on the port after it."
+    )
+    bert_serving_port_out: int | None = Field(
+        None, ge=0, le=65535, description="bert-as-service's reply port (ZeroMQ PUB); default: bert_serving_port + 1."
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins a browser may call the inference API from ('*' = any); none = no CORS headers.",
@@ -137,7 +156,7 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     config_file: Path | None = Field(None, description="TOML file with any of these settings.")
 
-    @field_validator("models", "allowed_sources", "cors_origins", mode="before")
+    @field_validator("models", "allowed_sources", "cors_origins", "protocols", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -152,6 +171,22 @@ class Settings(BaseModel):
         except BerthingError as exc:
             raise ValueError(exc.message) from None
         return value
+
+    @field_validator("protocols")
+    @classmethod
+    def _check_protocols(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item.removeprefix("-") not in (*PROTOCOLS, "all"):
+                raise ValueError(f"unknown protocol {item!r} (protocols: all, {', '.join(PROTOCOLS)}; -NAME turns one off)")
+        return value
+
+    def enabled_protocols(self) -> list[str]:
+        """The protocols on, in PROTOCOLS order: 'all' and names add, '-NAME' removes (applied left to right)."""
+        on: set[str] = set()
+        for item in self.protocols:
+            names = set(PROTOCOLS) if item.removeprefix("-") == "all" else {item.removeprefix("-")}
+            on = on - names if item.startswith("-") else on | names
+        return [p for p in PROTOCOLS if p in on]
 
     def batch_limits(self, name: str | None = None) -> BatchLimits:
         """The batcher's share of the settings, with the model's own overrides."""

@@ -60,7 +60,7 @@ def test_config_file_per_model_settings_and_metrics_address(settings: Settings, 
         assert (described["workers"], described["batchSettings"]["maxBatchTokens"]) == (3, 64)
         assert httpx.post(f"{url}/predictions/s", json=["good"]).status_code == 200
         metrics = httpx.get(f"{scrape.group(1)}/metrics")
-        served = 'berthing_requests_total{model="s:1.0",route="predictions",status="200"} 1.0'
+        served = 'berthing_requests_total{model="s:1.0",protocol="torchserve",route="predictions",status="200"} 1.0'
         assert metrics.status_code == 200 and served in metrics.text
         refused = httpx.post(f"{scrape.group(1)}/predictions/s", json=["good"])
         assert (refused.status_code, refused.json()) == (

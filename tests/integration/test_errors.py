@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from berthing.engine.model import Model
 from berthing.runtime.base import Runtime
 from berthing.tasks.tokenize import Features
 from tests.support.http import WAIT_S, clone, metric, wait_for
+from tests.support.overload import GatedRuntime
 from tests.support.servers import ThreadServer
 
 JSON_CT = {"content-type": "application/json"}
@@ -248,21 +248,6 @@ def test_text_over_max_length(api: str, load: Callable[..., Model]) -> None:
 
 
 # -- overload and failing batches -------------------------------------------------------------------------------------
-
-class GatedRuntime:
-    """Holds every batch until `release` is set, so a test can fill the queue deterministically."""
-
-    def __init__(self, inner: Runtime) -> None:
-        self.inner, self.name, self.threads = inner, inner.name, inner.threads
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def run(self, features: Features) -> np.ndarray:
-        self.entered.set()
-        if not self.release.wait(WAIT_S):
-            raise TimeoutError("the test never opened the gate")
-        return self.inner.run(features)
-
 
 class PoisonedRuntime:
     """Fails every batch that contains token `poison`; runs the others normally."""

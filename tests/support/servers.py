@@ -40,7 +40,13 @@ class ThreadServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("test server did not start")
             time.sleep(0.01)
+        if not self.app.state.listeners.ready.wait(30):
+            raise RuntimeError("test server's own-port listeners (gRPC, ZeroMQ) did not start")
         return self
+
+    def listener_port(self, protocol: str, role: str) -> int:
+        """The port an own-port protocol bound ('kserve-grpc', 'grpc'; 'bert-serving', 'in' or 'out')."""
+        return self.app.state.listeners.started[protocol].ports[role]
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

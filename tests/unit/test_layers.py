@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "berthing.names": 0,  # model name and version rules
     "berthing.inputs": 0,  # input validation
     "berthing.prefetch": 0,  # standard library only: it runs before the heavy imports
+    "berthing.client": 0,  # the Python SDK: httpx and numpy, nothing of the server
     "berthing.tasks": 1,
     "berthing.runtime": 2,
     "berthing.engine": 3,

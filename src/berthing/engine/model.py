@@ -191,17 +191,18 @@ class Model:
         self.lanes = []
         self._runners.clear()
 
-    async def infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
-        """Results for already-parsed inputs, in order, through the shared batcher."""
+    async def infer(self, inputs: list[TextInput], options: dict[str, Any], usage: dict[str, int] | None = None) -> list[Any]:
+        """Results for already-parsed inputs, in order, through the shared batcher; `usage['tokens']` counts the
+        tokens run (every window of a long input), for protocols that report usage."""
         if self.retired:
             raise ModelNotFound(f"version '{self.version}' of model '{self.name}' was unregistered")
         self._inflight += 1
         try:
-            return await self._infer(inputs, options)
+            return await self._infer(inputs, options, usage)
         finally:
             self._inflight -= 1
 
-    async def _infer(self, inputs: list[TextInput], options: dict[str, Any]) -> list[Any]:
+    async def _infer(self, inputs: list[TextInput], options: dict[str, Any], usage: dict[str, int] | None) -> list[Any]:
         if self.batcher is None or not self.batcher.running:
             self.start()
         assert self.batcher is not None
@@ -215,6 +216,8 @@ class Model:
                 f"the request makes {len(encoded)} model passes (inputs and the windows of long inputs), "
                 f"over the queue limit of {self.limits.max_queue}; send fewer or shorter inputs"
             )
+        if usage is not None:
+            usage["tokens"] = usage.get("tokens", 0) + sum(item.length for item in encoded)
         rows = await asyncio.gather(*self.batcher.submit(encoded))
         return self.task.finish(list(rows), encoded, inputs, checked)
 

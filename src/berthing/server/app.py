@@ -1,94 +1,69 @@
-"""The ASGI app factory: routes, error mapping, metrics and the models' lifecycle."""
+"""The ASGI app factory: every enabled protocol's routes over one gateway, error mapping, metrics, lifecycle."""
 
 from __future__ import annotations
 
+import importlib
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.config import Settings
 from berthing.registry import Registry
+from berthing.server.gateway import Gateway
+from berthing.server.listeners import Listeners
 from berthing.server.metrics import Metrics
 from berthing.server.openapi import openapi
-from berthing.server.protocols import torchserve
-from berthing.server.security import check_token
-from berthing.types import BerthingError, PayloadTooLarge
+from berthing.server.protocols.codec import dumps
+from berthing.types import BerthingError
 
 log = logging.getLogger("berthing.server")
 JSON = "application/json"
-CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": metrics only, never sent
+
+# HTTP protocols on the inference port, in route order: where two protocols share a path (/embeddings, /rerank,
+# /health) the first registers it and answers both shapes. Each module has routes(gateway) and openapi_paths().
+HTTP_PROTOCOLS = {
+    "torchserve": "berthing.server.protocols.torchserve_http",
+    "openai": "berthing.server.protocols.openai",
+    "tei": "berthing.server.protocols.tei",
+    "rerank": "berthing.server.protocols.rerank_apis",
+    "infinity": "berthing.server.protocols.infinity",
+    "kserve": "berthing.server.protocols.kserve",
+    "bert-serving": "berthing.server.protocols.bert_serving",
+}
 
 
 def error_response(error: BerthingError) -> Response:
     """The one place an error becomes HTTP: its status, its JSON body, its headers."""
-    return Response(torchserve.dumps(error.to_dict()), error.code, headers=error.headers, media_type=JSON)
+    return Response(dumps(error.to_dict()), error.code, headers=error.headers, media_type=JSON)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (declared or streamed)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def create_app(
+    registry: Registry, settings: Settings, metrics: Metrics | None = None, say: Callable[[str], None] | None = None
+) -> Starlette:
+    """Build the inference app over already-loaded models; batchers and own-port listeners start with its lifespan.
 
-
-def create_app(registry: Registry, settings: Settings, metrics: Metrics | None = None) -> Starlette:
-    """Build the inference app over already-loaded models; batchers start with the app's lifespan."""
+    `say` prints what the own-port listeners (gRPC, ZeroMQ) bound, once they have."""
     metrics = metrics or Metrics()
-
-    async def predictions(request: Request) -> Response:
-        started = time.perf_counter()
-        name = request.path_params["model"]
-        label = "unknown"  # never a label per unknown name: that would let clients grow /metrics without bound
-        try:
-            if settings.inference_token:
-                check_token(request.headers.get("authorization"), settings.inference_token, "inference")
-            model = registry.get(name, request.path_params.get("version"))
-            label = f"{model.name}:{model.version}"
-            body = await read_body(request, settings.max_body_bytes)
-            content_type = request.headers.get("content-type", "")
-            if model.handler is not None:
-                result = await model.handle_request(torchserve.decode_body(body, content_type))
-                response = Response(torchserve.dump_result(result), media_type=JSON)
-            else:
-                inputs, single, options = torchserve.parse_request(
-                    body, content_type, settings.max_items, model.task, settings.input_field
-                )
-                results = await model.infer(inputs, options)
-                response = Response(torchserve.encode_result(results, single), media_type=JSON)
-        except BerthingError as error:
-            if error.code >= 500:  # 503 is load shedding, expected under overload: a warning, not an error
-                log.log(logging.WARNING if error.code == 503 else logging.ERROR, "%s: %s", label, error.message)
-            response = error_response(error)
-        except ClientDisconnect:
-            log.info("%s: client disconnected while sending the body", label)
-            response = Response(status_code=CLIENT_CLOSED)
-        except Exception as exc:
-            log.exception("unexpected error on %s", label)
-            response = error_response(BerthingError(f"internal error: {type(exc).__name__}: {exc}"))
-        metrics.requests.labels(label, "predictions", str(response.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - started)
-        return response
+    gateway = Gateway(registry, settings, metrics)
+    enabled = settings.enabled_protocols()
+    modules: list[Any] = [importlib.import_module(HTTP_PROTOCOLS[p]) for p in HTTP_PROTOCOLS if p in enabled]
+    listeners = Listeners(gateway, say)
 
     async def ping(_: Request) -> Response:
         return Response(b'{"status":"Healthy"}', media_type=JSON)
 
     async def describe(_: Request) -> Response:
-        return Response(torchserve.dumps(openapi(registry.names())), media_type=JSON)
+        extra: dict[str, Any] = {}
+        for module in modules:
+            extra.update(module.openapi_paths(gateway))
+        return Response(dumps(openapi(registry.names(), extra)), media_type=JSON)
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
@@ -98,7 +73,7 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
         headers = dict(exc.headers or {})
         where = f"{request.method} {request.url.path}"
         if exc.status_code == 404:
-            kind, message = "NotFound", f"no route for {where} (routes: {', '.join(r.path for r in routes)})"
+            kind, message = "NotFound", f"no route for {where} (routes: {', '.join(dict.fromkeys(r.path for r in routes))})"
         elif exc.status_code == 405:
             kind, message = "MethodNotAllowed", f"method not allowed: {where} (allowed: {headers.get('Allow', 'none')})"
         else:
@@ -115,14 +90,15 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         for model in registry.all():
             model.start(metrics.watch(model))
+        listeners.start()
         yield
+        await listeners.stop()
         for model in registry.all():
             await model.stop()
 
     routes = [
         Route("/ping", ping, methods=["GET"]),
-        Route("/predictions/{model}", predictions, methods=["POST"]),
-        Route("/predictions/{model}/{version}", predictions, methods=["POST"]),
+        *(route for module in modules for route in module.routes(gateway)),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", describe, methods=["GET"]),
         Route("/", describe, methods=["OPTIONS"]),
@@ -142,6 +118,8 @@ def create_app(registry: Registry, settings: Settings, metrics: Metrics | None =
     )
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.gateway = gateway
+    app.state.listeners = listeners
     return app
 
 

@@ -24,7 +24,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "berthing_requests", "HTTP requests by model, route and status", ["model", "route", "status"], registry=r
+            "berthing_requests", "Requests by model, protocol, route and status", ["model", "protocol", "route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "berthing_request_seconds", "Request latency", ["model"], buckets=_LATENCY_BUCKETS, registry=r

@@ -51,8 +51,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
 
 
-def openapi(model_names: list[str]) -> dict[str, Any]:
-    """The document; model names are listed so clients can see what is served."""
+def torchserve_paths(model_names: list[str]) -> dict[str, Any]:
+    """TorchServe's /predictions routes; model names are listed so clients can see what is served."""
     predict = {
         "summary": "Run a model on a text, a pair, or a list of them (the answer mirrors the input)",
         "requestBody": {
@@ -73,12 +73,21 @@ def openapi(model_names: list[str]) -> dict[str, Any]:
     model_param = {"name": "model", "in": "path", "required": True, "schema": model_schema}
     version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
+        "/predictions/{model}": {"post": {**predict, "parameters": [model_param], "tags": ["torchserve"]}},
+        "/predictions/{model}/{version}": {
+            "post": {**predict, "parameters": [model_param, version_param], "tags": ["torchserve"]}
+        },
+    }
+
+
+def openapi(model_names: list[str], paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The document: the server's own routes and every enabled protocol's `paths` (tagged by protocol)."""
+    return {
         "openapi": "3.0.3",
         "info": {"title": "berthing inference API", "version": berthing.__version__},
         "paths": {
             "/ping": {"get": {"summary": "Health check", "responses": {"200": {"description": "Healthy"}}}},
-            "/predictions/{model}": {"post": {**predict, "parameters": [model_param]}},
-            "/predictions/{model}/{version}": {"post": {**predict, "parameters": [model_param, version_param]}},
+            **(paths or {}),
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "json"}}}},
         },

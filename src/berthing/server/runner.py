@@ -167,7 +167,9 @@ class PortRouter:
         await app(scope, receive, send)
 
 
-def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list[socket.socket], str | None]:
+def build_apps(
+    settings: Settings, registry: Registry, say: Callable[[str], None] | None = None
+) -> tuple[PortRouter, list[socket.socket], str | None]:
     """Check the management address, write the key file, bind the ports (inference, management, metrics if asked)."""
     from berthing.server.app import create_app, create_metrics_app
     from berthing.server.management import create_management_app
@@ -185,7 +187,7 @@ def build_apps(settings: Settings, registry: Registry) -> tuple[PortRouter, list
         metrics_sock = bind(settings.metrics_host, settings.metrics_port)
         sockets.append(metrics_sock)
         by_port[metrics_sock.getsockname()[1]] = create_metrics_app(metrics)
-    return PortRouter(create_app(registry, settings, metrics), by_port), sockets, token
+    return PortRouter(create_app(registry, settings, metrics, say), by_port), sockets, token
 
 
 def serve(settings: Settings, console: Console | None = None, record_startup: Sequence[str] | None = None) -> None:
@@ -202,7 +204,7 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     registry = load_registry(settings, console)
     console.print(thread_plan(registry, available_cores()))
-    app, sockets, token = build_apps(settings, registry)
+    app, sockets, token = build_apps(settings, registry, console.print)
     host, port = sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     names = ", ".join(registry.names()) or "no models"

@@ -1,4 +1,4 @@
-"""TorchServe-compatible inference protocol: JSON or raw-text bodies in, JSON out."""
+"""TorchServe's inference wire format: JSON or raw-text bodies in, JSON out (shared by the HTTP routes and Lambda)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 import orjson
 
 from berthing.inputs import InputForms, json_type, parse_inputs, parse_object
+from berthing.server.protocols.codec import dumps, parse_json
 from berthing.types import BadRequest, TextInput
+
+__all__ = ["EMPTY_BODY", "decode_body", "dump_result", "dumps", "encode_result", "parse_request"]
 
 _BOM = b"\xef\xbb\xbf"
 EMPTY_BODY = 'empty body: send JSON {"input": ...} or a UTF-8 text'
@@ -15,11 +18,22 @@ _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _is_json(content_type: str, body: bytes) -> bool:
-    """JSON when declared; also curl -d's form default when the body looks like a JSON object or list."""
+    """JSON when declared; also a body that looks like a JSON object or list under curl -d's form default, under no
+    Content-Type (curl -T, seed 003) or application/octet-stream, as TorchServe's handlers parse it; text/plain is text."""
     ct = content_type.split(";", 1)[0].strip().lower()
     if ct in ("application/json", "text/json") or ct.endswith("+json"):
         return True
-    return ct == "application/x-www-form-urlencoded" and body.lstrip()[:1] in (b"{", b"[")
+    if ct not in ("", "application/x-www-form-urlencoded", "application/octet-stream"):
+        return False
+    if body.lstrip()[:1] not in (b"{", b"["):
+        return False
+    if ct == "application/x-www-form-urlencoded":
+        return True
+    try:  # undeclared: JSON only when it parses, so a text that merely starts with "[" stays a text
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _decode(body: bytes) -> str:
@@ -27,14 +41,6 @@ def _decode(body: bytes) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"body is not valid UTF-8: {exc}") from None
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        _decode(body)  # name the bad byte when the JSON error is really an encoding error
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 class _TextForms:
@@ -54,7 +60,7 @@ def decode_body(body: bytes, content_type: str) -> Any:
         if not text.strip():
             raise BadRequest(EMPTY_BODY)
         return text
-    return _parse_json(body)
+    return parse_json(body)
 
 
 def parse_request(
@@ -82,11 +88,6 @@ def encode_result(results: list[Any], single: bool) -> bytes:
     return orjson.dumps(results[0] if single else results, option=_DUMP_OPTIONS)
 
 
-def dumps(data: Any) -> bytes:
-    """JSON bytes for any other answer."""
-    return orjson.dumps(data, option=_DUMP_OPTIONS)
-
-
 def dump_result(value: Any) -> bytes:
     """A custom handler's result as JSON; a value JSON cannot hold is the handler's fault (500), said plainly."""
     try:
@@ -95,3 +96,4 @@ def dump_result(value: Any) -> bytes:
         from berthing.handler import HandlerError
 
         raise HandlerError(f"custom handler returned a value that is not JSON-serializable: {exc}") from None
+

@@ -1,0 +1,167 @@
+"""What every protocol adapter shares: model lookup, body reading, auth, metrics and error mapping; never tensors.
+
+An adapter (server/protocols/*.py) is a set of routes whose handlers take (request, call): `call` resolves models,
+reads the body and runs inference through the same Model/Batcher as every other entry point, and the endpoint
+wrapper turns any BerthingError into the adapter's own error shape and counts the request by protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from berthing.config import Settings
+from berthing.engine.model import Model
+from berthing.registry import Registry
+from berthing.server.metrics import Metrics
+from berthing.server.protocols.codec import dumps, parse_json
+from berthing.server.security import check_token
+from berthing.types import BadRequest, BerthingError, InvalidInput, ModelNotFound, PayloadTooLarge, TextInput
+
+__all__ = ["Call", "Gateway", "WrongTask", "dumps", "json_response", "parse_json", "read_body"]
+
+log = logging.getLogger("berthing.server")
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": metrics only, never sent
+MODEL_HEADER = "x-berthing-model"  # picks the model on routes whose protocol names none (TEI, bert-serving)
+TASK_NOUNS = {
+    "embed": "an embedding model", "classify": "a classification model", "ner": "a token classification (NER) model",
+    "qa": "a question answering model", "rerank": "a reranking model",
+}
+
+ErrorMapper = Callable[[BerthingError], Response]
+Handler = Callable[[Request, "Call"], Awaitable[Response]]
+
+
+class WrongTask(InvalidInput):
+    """The model exists but its task does not fit the route (an embeddings route on a classifier)."""
+
+    type = "WrongTask"
+
+
+class Gateway:
+    """The models and limits every adapter serves from; one per app."""
+
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
+        self.registry, self.settings, self.metrics = registry, settings, metrics
+
+    def default_name(self) -> str:
+        """The model of requests that name none: --default-model, else the first model served."""
+        names = self.registry.names()
+        wanted = self.settings.default_model
+        if wanted:
+            return wanted
+        if not names:
+            raise ModelNotFound("no model is loaded")
+        first = next((n for n in (self.settings.models or []) if n.partition("=")[0] in names), None)
+        return first.partition("=")[0] if first else names[0]
+
+    def lookup(self, name: str | None, version: str | None = None, task: str | tuple[str, ...] | None = None,
+               route: str = "this route") -> Model:
+        """A model by name ('name:version' too; None or '' = the default), checked against the route's task(s)."""
+        if not name:
+            name = self.default_name()
+        elif version is None and ":" in name:
+            name, _, version = name.partition(":")
+        model = self.registry.get(name, version or None)
+        tasks = (task,) if isinstance(task, str) else task
+        if tasks and model.spec.task not in tasks:
+            wanted = " or ".join(TASK_NOUNS[t] for t in tasks)
+            raise WrongTask(f"model '{model.name}' is {TASK_NOUNS.get(model.spec.task, model.spec.task)}; {route} needs {wanted}")
+        return model
+
+    def endpoint(
+        self, protocol: str, route: str, handler: Handler, errors: ErrorMapper
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A Starlette endpoint: auth, the handler, errors in the protocol's shape, metrics by protocol and route."""
+        metrics, settings = self.metrics, self.settings
+
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            call = Call(self, request)
+            try:
+                if settings.inference_token:
+                    check_token(request.headers.get("authorization"), settings.inference_token, "inference")
+                response = await handler(request, call)
+            except BerthingError as error:
+                if error.code >= 500:  # 503 is load shedding, expected under overload: a warning, not an error
+                    level = logging.WARNING if error.code == 503 else logging.ERROR
+                    log.log(level, "%s %s: %s", protocol, call.label, error.message)
+                response = errors(error)
+            except ClientDisconnect:
+                log.info("%s: client disconnected while sending the body", call.label)
+                response = Response(status_code=CLIENT_CLOSED)
+            except Exception as exc:
+                log.exception("unexpected error on %s %s", protocol, call.label)
+                response = errors(BerthingError(f"internal error: {type(exc).__name__}: {exc}"))
+            metrics.requests.labels(call.label, protocol, route, str(response.status_code)).inc()
+            metrics.latency.labels(call.label).observe(time.perf_counter() - started)
+            return response
+
+        return run
+
+
+class Call:
+    """One request's view of the gateway: which model it used (for metrics), its body, its inference."""
+
+    def __init__(self, gateway: Gateway, request: Request) -> None:
+        self.gateway, self.request = gateway, request
+        self.label = "unknown"  # never a label per unknown name: that would let clients grow /metrics without bound
+
+    @property
+    def settings(self) -> Settings:
+        return self.gateway.settings
+
+    def model(self, name: str | None = None, version: str | None = None, task: str | tuple[str, ...] | None = None,
+              route: str = "this route") -> Model:
+        """Resolve the model (header X-Berthing-Model when the protocol names none) and remember it for metrics."""
+        if not name:
+            name = self.request.headers.get(MODEL_HEADER) or None
+        model = self.gateway.lookup(name, version, task, route)
+        self.label = f"{model.name}:{model.version}"
+        return model
+
+    async def body(self) -> bytes:
+        """The body, refused with 413 as soon as it passes the limit (declared or streamed)."""
+        return await read_body(self.request, self.settings.max_body_bytes)
+
+    async def json(self, empty: str = "empty body: send a JSON object") -> Any:
+        """The body parsed as JSON whatever its Content-Type (tritonclient and curl -T send none); 400 when it is not."""
+        body = await self.body()
+        if not body.strip():
+            raise BadRequest(empty)
+        return parse_json(body)
+
+    async def infer(self, model: Model, inputs: list[TextInput], options: dict[str, Any],
+                    usage: dict[str, int] | None = None) -> list[Any]:
+        """Results in input order through the model's batcher; `usage['tokens']` gets the tokens run."""
+        return await model.infer(inputs, options, usage=usage)
+
+    def check_items(self, count: int, field: str) -> None:
+        """The server's per-request item limit (max_items), as a 413 naming the field."""
+        if count > self.settings.max_items:
+            raise PayloadTooLarge(f"field '{field}' has {count} items, over the limit of {self.settings.max_items}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer."""
+    return Response(dumps(data), status, headers=headers, media_type="application/json")

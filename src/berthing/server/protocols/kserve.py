@@ -1,0 +1,19 @@
+"""(stub: being written) the kserve wire protocol on the gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.routing import Route
+
+from berthing.server.gateway import Gateway
+
+
+def routes(gateway: Gateway) -> list[Route]:
+    """This protocol's routes on the inference port."""
+    return []
+
+
+def openapi_paths(gateway: Gateway) -> dict[str, Any]:
+    """/openapi.json's entries for these routes."""
+    return {}
