@@ -98,6 +98,13 @@ class Tokens:
         return " ".join(self.words)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenIds:
+    """An input given as the model's own token ids (OpenAI's and TEI's integer input): used as the whole sequence."""
+
+    ids: tuple[int, ...]
+
+
 TextInput = str | TextPair
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from berthing.types import PayloadTooLarge, TextInput, TextPair, Tokens
+from berthing.inputs import json_type
+from berthing.types import InvalidInput, PayloadTooLarge, TextInput, TextPair, TokenIds, Tokens
 
 _MAX_VARIANTS = 16
 
@@ -27,21 +28,37 @@ class Encoded:
     type_ids: list[int]
     source: int = 0
     encoding: Any = None
+    all_tokens: bool = False  # the task wants this item's every token row, not one pooled row (TEI's /embed_all)
 
     @property
     def length(self) -> int:
         return len(self.ids)
 
 
-def encode_mixed(tokenizer: Tokenizer, inputs: list[Any]) -> list[Encoding]:
+def check_token_ids(ids: Any, vocab_size: int, where: str) -> tuple[int, ...]:
+    """Token ids as given, or a 422 naming the bad one (`where[j]`): a non-empty list of ints in [0, vocab_size)."""
+    if not isinstance(ids, list | tuple):
+        raise InvalidInput(f"{where} must be a list of token ids, got {json_type(ids)}")
+    if not ids:
+        raise InvalidInput(f"{where} is an empty list of token ids")
+    for j, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{where}[{j}] must be a token id (an integer), got {json_type(value)}")
+        if not 0 <= value < vocab_size:
+            raise InvalidInput(f"{where}[{j}] is {value}, not a token id of this model (0 to {vocab_size - 1})")
+    return tuple(ids)
+
+
+def encode_mixed(tokenizer: Tokenizer, inputs: list[Any]) -> list[Encoding | None]:
     """Texts and pairs in one Rust call, pre-split Tokens in another (is_pretokenized is per call), in input order.
 
     A Tokens item is encoded as HF's tokenizer(words, is_split_into_words=True): each word normalized and
     split into word pieces on its own, special tokens added; word_ids index the words, offsets are per word.
+    A TokenIds item needs no tokenizer: its place is None, and the caller takes its ids as given.
     """
     words = [i for i, x in enumerate(inputs) if isinstance(x, Tokens)]
-    texts = [i for i, x in enumerate(inputs) if not isinstance(x, Tokens)]
-    found: dict[int, Encoding] = {}
+    texts = [i for i, x in enumerate(inputs) if not isinstance(x, Tokens | TokenIds)]
+    found: dict[int, Encoding | None] = {i: None for i, x in enumerate(inputs) if isinstance(x, TokenIds)}
     if words:
         encoded = tokenizer.encode_batch([list(inputs[i].words) for i in words], is_pretokenized=True, add_special_tokens=True)
         found.update(zip(words, encoded, strict=True))
@@ -71,6 +88,7 @@ class Features:
     input_ids: np.ndarray
     attention_mask: np.ndarray
     token_type_ids: np.ndarray | None
+    all_tokens: np.ndarray | None = None  # per row: keep every token's output (None when no item asked)
 
 
 class Encoder:
@@ -88,19 +106,24 @@ class Encoder:
         self.uses_token_types = uses_token_types
         found = (i for t in ("[PAD]", "<pad>", "<PAD>") if (i := self.tokenizer.token_to_id(t)) is not None)
         self.pad_id = int(padding.get("pad_id", next(found, 0)))
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, inputs: list[TextInput], truncate: bool = True) -> list[Encoded]:
-        """Tokenize a list of texts or pairs in one Rust call (pre-split Tokens in a second one); with truncate=False,
-        too-long input is a 413."""
-        if any(isinstance(x, Tokens) for x in inputs):
+        """Tokenize a list of texts or pairs in one Rust call (pre-split Tokens in a second one; TokenIds as given, no
+        special tokens added, as TEI does); with truncate=False, too-long input is a 413."""
+        encodings: list[Encoding | None]
+        if any(isinstance(x, Tokens | TokenIds) for x in inputs):
             encodings = encode_mixed(self.tokenizer, inputs)
         else:
             batch: list[str | tuple[str, str]] = [
                 (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
             ]
-            encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)
+            encodings = list(self.tokenizer.encode_batch(batch, add_special_tokens=True))
         out: list[Encoded] = []
         for i, enc in enumerate(encodings):
+            if enc is None:
+                out.append(self._given(inputs[i], i, truncate))
+                continue
             if not truncate and enc.overflowing:
                 raise PayloadTooLarge(
                     f"input[{i}] is longer than the model's max length of {self.max_length} tokens "
@@ -108,6 +131,18 @@ class Encoder:
                 )
             out.append(Encoded(enc.ids, enc.type_ids, i, enc))
         return out
+
+    def _given(self, item: Any, i: int, truncate: bool) -> Encoded:
+        """A TokenIds input: its ids checked against the vocabulary, cut to max_length (413 when truncate is off)."""
+        ids = list(check_token_ids(item.ids, self.vocab_size, f"input[{i}]"))
+        if len(ids) > self.max_length:
+            if not truncate:
+                raise PayloadTooLarge(
+                    f"input[{i}] has {len(ids)} token ids, over the model's max length of {self.max_length} "
+                    "and truncate is false"
+                )
+            ids = ids[: self.max_length]
+        return Encoded(ids, [0] * len(ids), i)
 
     def _variant(self, max_length: int, stride: int, strategy: str) -> Tokenizer:
         """A tokenizer with its own truncation settings: settings are per object, so each config gets one."""
@@ -129,8 +164,12 @@ class Encoder:
         """Tokenize with overflow kept: an input longer than max_length becomes overlapping windows
         (`stride` tokens shared between neighbours), each an item whose `source` is the input's index."""
         tok = self._variant(max_length or self.max_length, stride, strategy)
+        given = next((i for i, x in enumerate(inputs) if isinstance(x, TokenIds)), None)
+        if given is not None:  # windows need the text's offsets and word ids, which token ids do not carry
+            raise InvalidInput(f"input[{given}]: this model takes texts, not token ids")
+        encodings: list[Encoding]
         if any(isinstance(x, Tokens) for x in inputs):
-            encodings = encode_mixed(tok, inputs)
+            encodings = [e for e in encode_mixed(tok, inputs) if e is not None]
         else:
             batch: list[str | tuple[str, str]] = [
                 (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
@@ -154,4 +193,5 @@ class Encoder:
             mask[row, :n] = 1
             if types is not None:
                 types[row, :n] = item.type_ids
-        return Features(ids, mask, types)
+        keep = np.array([item.all_tokens for item in items]) if any(item.all_tokens for item in items) else None
+        return Features(ids, mask, types, keep)
