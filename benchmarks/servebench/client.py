@@ -71,12 +71,11 @@ class Connection:
             parts.append((await self.reader.readexactly(size + 2))[:-2])
 
 
-def post_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
-    """A complete POST request, encoded once before timing starts."""
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
+def post_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """A complete POST request, encoded once before timing starts (JSON unless `headers` says otherwise)."""
+    extra = {"Content-Type": "application/json", **(headers or {})}
+    lines = "".join(f"{k}: {v}\r\n" for k, v in extra.items() if v)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
     return head.encode("ascii") + body
 
 
