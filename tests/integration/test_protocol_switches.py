@@ -1,0 +1,68 @@
+"""Which protocols a server speaks (--protocols), which model a protocol that names none gets (--default-model),
+and that every request is counted by protocol in /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from berthing.config import PROTOCOLS, Settings
+from berthing.engine.model import Model
+from tests.support.http import metric
+from tests.support.servers import ThreadServer
+
+OPENAI_BODY = {"model": "e", "input": "a text", "encoding_format": "float"}
+
+
+def test_protocol_list_adds_and_removes_left_to_right() -> None:
+    assert Settings().enabled_protocols() == list(PROTOCOLS)
+    assert Settings(protocols="all,-kserve-grpc,-bert-serving").enabled_protocols() == [
+        p for p in PROTOCOLS if p not in ("kserve-grpc", "bert-serving")
+    ]
+    assert Settings(protocols=["torchserve", "openai"]).enabled_protocols() == ["torchserve", "openai"]
+    assert Settings(protocols="-openai,openai").enabled_protocols() == ["openai"]
+    with pytest.raises(ValidationError, match="unknown protocol '-grpc'"):
+        Settings(protocols="all,-grpc")
+
+
+def test_a_protocol_turned_off_has_no_routes_and_no_openapi_entries(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    with server_factory({"e": load("embed")}) as server:
+        assert httpx.post(f"{server.url}/v1/embeddings", json=OPENAI_BODY).status_code == 200
+        assert "/v1/embeddings" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    with server_factory({"e": load("embed")}, protocols=["all", "-openai"]) as server:
+        off = httpx.post(f"{server.url}/v1/embeddings", json=OPENAI_BODY)
+        assert off.status_code == 404
+        assert off.json()["type"] == "NotFound" and off.json()["message"].startswith("no route for POST /v1/embeddings")
+        assert "/v1/embeddings" not in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert httpx.post(f"{server.url}/predictions/e", json={"input": "a text"}).status_code == 200
+
+
+def test_torchserve_only_starts_no_listener(load: Callable[..., Model], server_factory: Callable[..., ThreadServer]) -> None:
+    with server_factory({"e": load("embed")}, protocols=["torchserve"]) as server:
+        assert server.app.state.listeners.started == {}
+        assert httpx.post(f"{server.url}/embed", json={"inputs": "a text"}).status_code == 404
+        assert httpx.post(f"{server.url}/predictions/e", json={"input": "a text"}).status_code == 200
+
+
+def test_default_model_serves_requests_that_name_none(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    body = {"model": "default/not-specified", "input": "a text", "encoding_format": "float"}
+    with server_factory({"first": load("embed"), "second": load("embed")}) as server:
+        assert httpx.post(f"{server.url}/v1/embeddings", json=body).json()["model"] == "first:1.0"
+    with server_factory({"first": load("embed"), "second": load("embed")}, default_model="second") as server:
+        assert httpx.post(f"{server.url}/v1/embeddings", json=body).json()["model"] == "second:1.0"
+
+
+def test_requests_are_counted_by_protocol(load: Callable[..., Model], server_factory: Callable[..., ThreadServer]) -> None:
+    with server_factory({"e": load("embed")}) as server:
+        httpx.post(f"{server.url}/predictions/e", json={"input": "a text"})
+        httpx.post(f"{server.url}/v1/embeddings", json=OPENAI_BODY)
+        httpx.post(f"{server.url}/v1/embeddings", json=OPENAI_BODY)
+        assert metric(server.url, "berthing_requests_total", model="e:1.0", protocol="torchserve", status="200") == 1.0
+        assert metric(server.url, "berthing_requests_total", model="e:1.0", protocol="openai", status="200") == 2.0
