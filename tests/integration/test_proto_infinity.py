@@ -155,11 +155,14 @@ def test_overload_is_429_with_retry_after(load: Any, server_factory: Any) -> Non
 
 
 def test_rerank_with_every_protocol_on(load: Any, server_factory: Any) -> None:
-    """With TEI on, its /rerank takes the path and hands Infinity's bodies to this adapter: the same answer."""
+    """With TEI on, its /rerank takes the path and hands Infinity's bodies to this adapter: the same answers and errors."""
     with server_factory({"ranker": load("rerank")}) as running:
         expected = predictions(running.url, "ranker", {"query": QUERY, "texts": DOCS})
         answer = rerank.sync(client=Client(base_url=running.url), body=RerankInput(query=QUERY, documents=DOCS))
         assert [(r.index, r.relevance_score) for r in answer.results] == [(e["index"], e["score"]) for e in expected]
+        empty = httpx.post(f"{running.url}/rerank", json={"query": QUERY, "documents": []})
+        expected_error = infinity_error(422, "InvalidInput", "field 'documents' is an empty list")
+        assert (empty.status_code, empty.json()) == (422, expected_error)
 
 
 def embed_and_compare(url: str, body: OpenAIEmbeddingInputText, name: str) -> None:
