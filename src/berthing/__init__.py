@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from berthing.version import __version__
 
 if TYPE_CHECKING:
+    from berthing.client import AsyncClient, Client
     from berthing.engine.model import Model
 
 
@@ -35,4 +36,13 @@ def load(
     return load_model(resolved, config.load_options(resolved.name))
 
 
-__all__ = ["__version__", "load"]
+def __getattr__(name: str) -> Any:
+    """Client and AsyncClient on first use: `import berthing` stays as fast as before (no httpx import)."""
+    if name in ("Client", "AsyncClient"):
+        from berthing import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'berthing' has no attribute {name!r}")
+
+
+__all__ = ["AsyncClient", "Client", "__version__", "load"]
