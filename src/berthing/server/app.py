@@ -55,6 +55,8 @@ def create_app(
     enabled = settings.enabled_protocols()
     modules: list[Any] = [importlib.import_module(HTTP_PROTOCOLS[p]) for p in HTTP_PROTOCOLS if p in enabled]
     listeners = Listeners(gateway, say)
+    http_protocols = [p for p in enabled if p in HTTP_PROTOCOLS]
+    on_port = f"protocols: {', '.join(http_protocols)}" if http_protocols else "no protocol is on (--protocols)"
 
     async def ping(_: Request) -> Response:
         return Response(b'{"status":"Healthy"}', media_type=JSON)
@@ -73,7 +75,7 @@ def create_app(
         headers = dict(exc.headers or {})
         where = f"{request.method} {request.url.path}"
         if exc.status_code == 404:
-            kind, message = "NotFound", f"no route for {where} (routes: {', '.join(dict.fromkeys(r.path for r in routes))})"
+            kind, message = "NotFound", f"no route for {where} ({on_port}; GET /openapi.json lists every route)"
         elif exc.status_code == 405:
             kind, message = "MethodNotAllowed", f"method not allowed: {where} (allowed: {headers.get('Allow', 'none')})"
         else:
