@@ -78,9 +78,10 @@ def start(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> subpr
         return None
 
 
-def startup_files(extra: Iterable[Path] = ()) -> list[str]:
+def startup_files(extra: Iterable[Path] = (), limit: int = MAX_FILES) -> list[str]:
     """The files this process has read to get here: its modules' bytecode (or source), every mapped library, and
-    `extra` (the models' artifact files), each once, in the order they were first needed."""
+    `extra` (the models' artifact files), each once, in the order they were first needed; at most `limit`, the
+    models' files always among them."""
     found: dict[str, None] = {}
     for module in list(sys.modules.values()):
         for attr in ("__cached__", "__file__"):
@@ -97,16 +98,16 @@ def startup_files(extra: Iterable[Path] = ()) -> list[str]:
                     found[name] = None
     except OSError:  # not Linux: modules and models only
         pass
-    for path in extra:
-        if path.is_file():
-            found[str(path.resolve())] = None
-    return list(found)
+    models = list(dict.fromkeys(str(path.resolve()) for path in extra if path.is_file()))
+    taken = set(models)
+    others = [name for name in found if name not in taken]
+    return others[: max(0, limit - len(models))] + models  # over the limit, modules give way to the models' files
 
 
 def record(argv: Sequence[str], extra: Iterable[Path] = (), environ: Mapping[str, str] = os.environ) -> Path | None:
     """Write the list for the next start (only when it changed); None when the cache folder cannot take it."""
     path = list_path(argv, environ)
-    text = "\n".join(startup_files(extra)[:MAX_FILES]) + "\n"
+    text = "\n".join(startup_files(extra)) + "\n"
     try:
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             return path

@@ -109,7 +109,9 @@ def test_auth_is_required(server: DualServer) -> None:
 
 
 def test_management_routes_are_not_on_the_inference_port(server: DualServer) -> None:
-    assert httpx.get(f"{server.url}/models").status_code == 404
+    # GET /models there is Infinity's read-only model list; nothing on the inference port registers, scales or deletes
+    for method, path in (("POST", "/models?url=x.berth"), ("PUT", "/models/s?min_worker=2"), ("DELETE", "/models/s/1.0")):
+        assert httpx.request(method, f"{server.url}{path}").status_code in (404, 405), (method, path)
     assert httpx.get(f"{server.admin}/ping").status_code == 404
 
 

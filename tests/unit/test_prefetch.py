@@ -54,3 +54,10 @@ def test_the_helper_reads_ahead_regular_files_and_skips_the_rest_without_blockin
     (cache / "startup-files.txt").write_text("\n".join(listed))
     helper = prefetch.start(["--cache-dir", str(cache)])
     assert helper is not None and helper.wait(timeout=30) == 0
+
+
+def test_over_the_limit_modules_give_way_to_the_models_files(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    listed = prefetch.startup_files([model], limit=3)
+    assert len(listed) == 3 and listed[-1] == str(model.resolve())
