@@ -66,3 +66,14 @@ def test_requests_are_counted_by_protocol(load: Callable[..., Model], server_fac
         httpx.post(f"{server.url}/v1/embeddings", json=OPENAI_BODY)
         assert metric(server.url, "berthing_requests_total", model="e:1.0", protocol="torchserve", status="200") == 1.0
         assert metric(server.url, "berthing_requests_total", model="e:1.0", protocol="openai", status="200") == 2.0
+
+
+def test_every_http_protocol_is_in_openapi_under_its_tag(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    with server_factory({"e": load("embed")}) as server:
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    tags = {tag for operations in paths.values() for op in operations.values() for tag in op.get("tags", [])}
+    assert tags == {"torchserve", "openai", "tei", "rerank", "infinity", "kserve", "bert-serving"}
+    # a shared path is documented by the protocol that answers it (the first registered), as routing does
+    assert paths["/rerank"]["post"]["tags"] == ["tei"] and paths["/embeddings"]["post"]["tags"] == ["openai"]

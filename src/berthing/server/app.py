@@ -53,7 +53,7 @@ def create_app(
     metrics = metrics or Metrics()
     gateway = Gateway(registry, settings, metrics)
     enabled = settings.enabled_protocols()
-    modules: list[Any] = [importlib.import_module(HTTP_PROTOCOLS[p]) for p in HTTP_PROTOCOLS if p in enabled]
+    modules: dict[str, Any] = {p: importlib.import_module(HTTP_PROTOCOLS[p]) for p in HTTP_PROTOCOLS if p in enabled}
     listeners = Listeners(gateway, say)
     http_protocols = [p for p in enabled if p in HTTP_PROTOCOLS]
     on_port = f"protocols: {', '.join(http_protocols)}" if http_protocols else "no protocol is on (--protocols)"
@@ -62,9 +62,11 @@ def create_app(
         return Response(b'{"status":"Healthy"}', media_type=JSON)
 
     async def describe(_: Request) -> Response:
-        extra: dict[str, Any] = {}
-        for module in modules:
-            extra.update(module.openapi_paths(gateway))
+        extra: dict[str, dict[str, Any]] = {}
+        for protocol, module in modules.items():  # as routing does: the first protocol to claim a path+verb has it
+            for path, operations in module.openapi_paths(gateway).items():
+                for verb, operation in operations.items():
+                    extra.setdefault(path, {}).setdefault(verb, {"tags": [protocol], **operation})
         return Response(dumps(openapi(registry.names(), extra)), media_type=JSON)
 
     async def metrics_endpoint(_: Request) -> Response:
@@ -100,7 +102,7 @@ def create_app(
 
     routes = [
         Route("/ping", ping, methods=["GET"]),
-        *(route for module in modules for route in module.routes(gateway)),
+        *(route for module in modules.values() for route in module.routes(gateway)),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", describe, methods=["GET"]),
         Route("/", describe, methods=["OPTIONS"]),
