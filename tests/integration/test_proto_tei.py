@@ -268,8 +268,13 @@ def test_errors_in_tei_shape(url: str) -> None:
               "Input validation error: invalid length 3, expected a string, a pair of strings [string, string] or a batch "
               "of mixed strings and pairs [[string], [string, string], ...]")
     backend = "Backend error: "
-    tei_error(post(url, "/rerank", {"query": "a", "texts": ["b"]}), 424, "Backend", backend + "model is not a re-ranker model")
-    tei_error(post(url, "/predict", {"inputs": "a"}), 424, "Backend", backend + "Model is not a classifier model")
+    tei_error(post(url, "/models/embed/rerank", {"query": "a", "texts": ["b"]}), 424, "Backend",
+              backend + "model is not a re-ranker model")
+    tei_error(post(url, "/models/embed/predict", {"inputs": "a"}), 424, "Backend", backend + "Model is not a classifier model")
+    # named by nothing, a route finds the model of its task beside the default (an embedder here)
+    ranking = {"query": "a", "texts": ["b"]}
+    assert post(url, "/rerank", ranking).json() == post(url, "/models/rerank/rerank", ranking).json()
+    assert post(url, "/predict", {"inputs": "a"}).json() == post(url, "/models/classify/predict", {"inputs": "a"}).json()
     tei_error(post(url, "/models/classify/embed", {"inputs": "a"}), 424, "Backend", backend + "Model is not an embedding model")
     response = httpx.post(f"{url}/embed", content=b"{nope", headers={"content-type": "application/json"})
     assert response.status_code == 400 and response.json()["error_type"] == "Validation"

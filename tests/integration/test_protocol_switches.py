@@ -77,3 +77,15 @@ def test_every_http_protocol_is_in_openapi_under_its_tag(
     assert tags == {"torchserve", "openai", "tei", "rerank", "infinity", "kserve", "bert-serving"}
     # a shared path is documented by the protocol that answers it (the first registered), as routing does
     assert paths["/rerank"]["post"]["tags"] == ["tei"] and paths["/embeddings"]["post"]["tags"] == ["openai"]
+
+
+def test_a_route_that_names_no_model_finds_one_of_its_task(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    with server_factory({"ranker": load("rerank"), "vectors": load("embed")}) as server:  # the default is the reranker
+        openai = httpx.post(f"{server.url}/v1/embeddings", json={"input": "a text", "encoding_format": "float"})
+        assert openai.json()["model"] == "vectors:1.0"
+        tei = httpx.post(f"{server.url}/embed", json={"inputs": "a text", "normalize": False})  # TEI normalizes by default
+        assert tei.json() == [openai.json()["data"][0]["embedding"]]
+        named = httpx.post(f"{server.url}/embed", json={"inputs": "a text"}, headers={"X-Berthing-Model": "ranker"})
+        assert named.status_code == 424 and named.json()["error_type"] == "Backend"  # a header is obeyed, not second-guessed

@@ -49,26 +49,31 @@ class Gateway:
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
         self.registry, self.settings, self.metrics = registry, settings, metrics
 
-    def default_name(self) -> str:
-        """The model of requests that name none: --default-model, else the first model served."""
+    def default_name(self, tasks: tuple[str, ...] | None = None) -> str:
+        """The model of requests that name none: --default-model, else the first model served; when the route needs
+        `tasks` and that model does another, the first model served whose task fits (if any)."""
         names = self.registry.names()
         wanted = self.settings.default_model
-        if wanted:
-            return wanted
-        if not names:
-            raise ModelNotFound("no model is loaded")
-        first = next((n for n in (self.settings.models or []) if n.partition("=")[0] in names), None)
-        return first.partition("=")[0] if first else names[0]
+        if not wanted:
+            if not names:
+                raise ModelNotFound("no model is loaded")
+            first = next((n for n in (self.settings.models or []) if n.partition("=")[0] in names), None)
+            wanted = first.partition("=")[0] if first else names[0]
+        if tasks and wanted in names and self.registry.get(wanted).spec.task not in tasks:
+            wanted = next((n for n in names if self.registry.get(n).spec.task in tasks), wanted)
+        return wanted
 
     def lookup(self, name: str | None, version: str | None = None, task: str | tuple[str, ...] | None = None,
                route: str = "this route") -> Model:
-        """A model by name ('name:version' too; None or '' = the default), checked against the route's task(s)."""
+        """A model by name ('name:version' too), checked against the route's task(s); None or '' = the default model
+        when its task fits, else the first model served whose task does (a rerank route finds the reranker beside an
+        embedder)."""
+        tasks = (task,) if isinstance(task, str) else task
         if not name:
-            name = self.default_name()
+            name = self.default_name(tasks)
         elif version is None and ":" in name:
             name, _, version = name.partition(":")
         model = self.registry.get(name, version or None)
-        tasks = (task,) if isinstance(task, str) else task
         if tasks and model.spec.task not in tasks:
             wanted = " or ".join(TASK_NOUNS[t] for t in tasks)
             raise WrongTask(f"model '{model.name}' is {TASK_NOUNS.get(model.spec.task, model.spec.task)}; {route} needs {wanted}")

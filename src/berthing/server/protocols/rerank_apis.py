@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.inputs import json_type, text_value
-from berthing.server.gateway import MODEL_HEADER, Call, Gateway, json_response
+from berthing.server.gateway import Call, Gateway, json_response
 from berthing.tasks.base import as_json, option_bool, option_int
 from berthing.tasks.rerank import Candidate
 from berthing.types import BerthingError, InvalidInput, Overloaded, PayloadTooLarge
@@ -47,22 +47,10 @@ def error_v2(error: BerthingError) -> Response:
 
 
 def pick_model(call: Call, name: Any, task: str, route: str, placeholder: str | None = None) -> Model:
-    """The named model; with none (or the protocol's placeholder name), the default model if it does `task`,
-    else the first model served that does, so a reranking route finds the reranker beside an embedder."""
+    """The named model; with none (or the protocol's placeholder name), the gateway's choice for the task."""
     if name is not None and not isinstance(name, str):
         raise InvalidInput(f"field 'model' must be a string, got {json_type(name)}")
-    if name and name != placeholder:
-        return call.model(name, task=task, route=route)
-    if call.request.headers.get(MODEL_HEADER):
-        return call.model(None, task=task, route=route)
-    registry = call.gateway.registry
-    default = call.gateway.default_name()
-    if registry.get(default).spec.task != task:
-        fitting = next((n for n in registry.names() if registry.get(n).spec.task == task), None)
-        if fitting is None:
-            return call.model(default, task=task, route=route)  # the WrongTask error names the default
-        default = fitting
-    return call.model(default, task=task, route=route)
+    return call.model(None if name == placeholder else name, task=task, route=route)
 
 
 def check_fields(body: Any, allowed: tuple[str, ...], route: str) -> dict[str, Any]:

@@ -215,12 +215,7 @@ def _hf_classification(body: dict[str, Any], model: Model, results: list[Any]) -
 def _root_model(call: Call, request: Request, wanted: str | None) -> Model:
     """A named model (prefix or header) as named; else the default, or the first model of the task the body asks."""
     named = request.path_params.get("name") or request.headers.get(MODEL_HEADER)
-    model = call.model(request.path_params.get("name"))
-    if named or wanted is None or model.spec.task == wanted:
-        return model
-    registry = call.gateway.registry
-    first = next((n for n in registry.names() if registry.get(n).spec.task == wanted), None)
-    return call.model(first) if first else model
+    return call.model(named or call.gateway.default_name((wanted,) if wanted else None))
 
 
 async def root(request: Request, call: Call) -> Response:
@@ -273,7 +268,7 @@ async def rerank_route(request: Request, call: Call) -> Response:
             return await infinity.rerank(call, body)
         except BerthingError as err:
             return infinity.error(err)  # Infinity's own error shape for Infinity's clients
-    return answer(await rerank(call, body, pick(call, request)))
+    return answer(await rerank(call, body, pick(call, request, ("rerank",), NOT_RERANKER)))
 
 
 async def similarity_route(request: Request, call: Call) -> Response:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from tokenizers import Tokenizer
 
 from berthing.inputs import json_type
-from berthing.server.gateway import Call, WrongTask
+from berthing.server.gateway import MODEL_HEADER, Call, WrongTask
 from berthing.server.protocols.codec import dumps
 from berthing.types import (
     BadRequest,
@@ -222,9 +222,10 @@ def predict_inputs(call: Call, value: Any) -> tuple[list[TextInput], bool]:
 
 
 def pick(call: Call, request: Request, tasks: tuple[str, ...] = (), refusal: str = "") -> Model:
-    """The model: /models/{name}/... names it, else X-Berthing-Model, else --default-model, else the first;
-    one of the wrong task is TEI's 424 Backend error (its own wording)."""
-    model = call.model(request.path_params.get("name"))
+    """The model: /models/{name}/... names it, else X-Berthing-Model, else the gateway's default for the route's
+    tasks; one of the wrong task is TEI's 424 Backend error (its own wording)."""
+    named = request.path_params.get("name") or request.headers.get(MODEL_HEADER)
+    model = call.model(named or call.gateway.default_name(tasks or None))
     if tasks and model.spec.task not in tasks:
         raise backend(refusal)
     return model
