@@ -16,18 +16,12 @@ from infinity_client.models import ClassifyInput, HTTPValidationError, OpenAIEmb
 
 from berthing.config import Settings
 from berthing.registry import Registry
-from tests.support.http import clone, metric
+from tests.support.http import clone, metric, torchserve_answer
 from tests.support.overload import overloaded
 from tests.support.servers import ThreadServer
+from tests.support.texts import RERANK_DOCS, RERANK_QUERY
 
-QUERY = "how does the model server batch requests"
-DOCS = [
-    "The batcher groups requests by token count before running the model.",
-    "Cats sleep for most of the day.",
-    "A dynamic batcher waits a few milliseconds to fill a batch.",
-    "教练, 我想打篮球.",
-    "Requests are queued and shed when the queue is full.",
-]
+QUERY, DOCS = RERANK_QUERY, RERANK_DOCS
 TEXTS = ["I love this.", "This is terrible.", "教练, 我想打篮球."]
 MAX_ITEMS = 6
 MODELS = "classifier, embedder, ranker"
@@ -51,10 +45,7 @@ def client(server: ThreadServer) -> Client:
     return Client(base_url=server.url)
 
 
-def predictions(url: str, name: str, body: Any) -> Any:
-    response = httpx.post(f"{url}/predictions/{name}", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+predictions = torchserve_answer
 
 
 def test_models_parse_in_the_strict_client(client: Client) -> None:

@@ -11,12 +11,12 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
-from tritonclient.utils import InferenceServerException
 
 from berthing.config import Settings
 from berthing.engine.model import Model
 from berthing.registry import Registry
-from tests.support.http import clone, metric
+from tests.support.http import clone, metric, torchserve_answer
+from tests.support.kserve import failure, text_array
 from tests.support.overload import overloaded
 from tests.support.servers import ThreadServer
 
@@ -45,23 +45,14 @@ def client(server: ThreadServer) -> Iterator[triton.InferenceServerClient]:
 
 def text_input(name: str, texts: list[str], binary: bool = True, shape: list[int] | None = None) -> triton.InferInput:
     """A BYTES input as tritonclient users build it: an object array of shape [n, 1]."""
-    array = np.array([[t] for t in texts], dtype=object) if shape is None else np.array(texts, dtype=object).reshape(shape)
+    array = text_array(texts, shape)
     tensor = triton.InferInput(name, list(array.shape), "BYTES")
     tensor.set_data_from_numpy(array, binary_data=binary)
     return tensor
 
 
 def predictions(server: ThreadServer, model: str, body: Any) -> Any:
-    """The TorchServe route's answer for the same input: what every protocol must agree with."""
-    response = httpx.post(f"{server.url}/predictions/{model}", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def failure(call: Callable[[], Any]) -> tuple[str, str]:
-    with pytest.raises(InferenceServerException) as info:
-        call()
-    return info.value.status(), info.value.message()
+    return torchserve_answer(server.url, model, body)
 
 
 # -- health and metadata -----------------------------------------------------------------------------------------------

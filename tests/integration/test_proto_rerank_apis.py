@@ -15,15 +15,9 @@ from berthing.registry import Registry
 from tests.support.http import clone, metric
 from tests.support.overload import overloaded
 from tests.support.servers import ThreadServer
+from tests.support.texts import RERANK_DOCS, RERANK_QUERY
 
-QUERY = "how does the model server batch requests"
-DOCS = [
-    "The batcher groups requests by token count before running the model.",
-    "Cats sleep for most of the day.",
-    "A dynamic batcher waits a few milliseconds to fill a batch.",
-    "教练, 我想打篮球.",
-    "Requests are queued and shed when the queue is full.",
-]
+QUERY, DOCS = RERANK_QUERY, RERANK_DOCS
 MAX_ITEMS = 6
 MODELS = "classifier, ranker"
 V1_FIELDS = "model, query, documents, top_n, return_documents, rank_fields, max_chunks_per_doc, max_tokens_per_doc"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,3 +40,10 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def torchserve_answer(url: str, model: str, body: Any) -> Any:
+    """The TorchServe route's answer for the same input: what every other protocol must agree with."""
+    response = httpx.post(f"{url}/predictions/{model}", json=body, timeout=WAIT_S)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -26,3 +26,14 @@ def mixed_sentences(n: int = 200, seed: int = 7) -> list[str]:
         else:
             out.append(" ".join(rng.choice(_EN) for _ in range(size // 2 + 1)) + rng.choice(_ZH) * (size // 2 + 1))
     return out
+
+
+# One query and its candidates, for every rerank protocol's parity tests (a Chinese text among them).
+RERANK_QUERY = "how does the model server batch requests"
+RERANK_DOCS = [
+    "The batcher groups requests by token count before running the model.",
+    "Cats sleep for most of the day.",
+    "A dynamic batcher waits a few milliseconds to fill a batch.",
+    "教练, 我想打篮球.",
+    "Requests are queued and shed when the queue is full.",
+]
