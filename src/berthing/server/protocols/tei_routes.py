@@ -167,14 +167,19 @@ async def similarity(call: Call, body: dict[str, Any], model: Model) -> list[flo
     return [float(np.dot(vectors[0], v)) for v in vectors[1:]]
 
 
-async def token_classification(call: Call, body: dict[str, Any], model: Model) -> list[Any]:
-    """HF's token-classification body {"inputs": text, "parameters": {aggregation_strategy, ignore_labels}}."""
+def _hf_body(call: Call, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An HF Inference API body: its non-empty `inputs` (a list within max_items) and its `parameters` object."""
     inputs = required(body, "inputs")
     if inputs == []:
         raise empty()
     if isinstance(inputs, list):
         count_check(call, len(inputs))
-    parameters = _parameters(body)
+    return inputs, _parameters(body)
+
+
+async def token_classification(call: Call, body: dict[str, Any], model: Model) -> list[Any]:
+    """HF's token-classification body {"inputs": text, "parameters": {aggregation_strategy, ignore_labels}}."""
+    inputs, parameters = _hf_body(call, body)
     options = {k: parameters[k] for k in ("aggregation_strategy", "ignore_labels") if parameters.get(k) is not None}
     items, single = model.task.parse(inputs, "inputs")
     results = await infer(call, model, items, options)
@@ -183,12 +188,7 @@ async def token_classification(call: Call, body: dict[str, Any], model: Model) -
 
 async def question_answering(call: Call, body: dict[str, Any], model: Model) -> Any:
     """HF's question-answering body {"inputs": {"question", "context"}, "parameters": {...}}."""
-    inputs = required(body, "inputs")
-    if inputs == []:
-        raise empty()
-    if isinstance(inputs, list):
-        count_check(call, len(inputs))
-    parameters = _parameters(body)
+    inputs, parameters = _hf_body(call, body)
     if parameters.get("max_seq_len") is not None:
         raise validation("`max_seq_len` is not supported by berthing: contexts are windowed at min(model max length, 384)")
     options = {k: parameters[k] for k in QA_PARAMETERS if parameters.get(k) is not None}
