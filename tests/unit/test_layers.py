@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "berthing.loading": 6,
     "berthing.load_check": 6,  # a package's probe at load: below loading.py, which calls it
     "berthing.config": 7,
+    "berthing.train": 7,  # fine-tuning: data, loop, figures, report; packs with packaging, evaluates through loading
     "berthing.server": 8,
     "berthing.serverless": 8,
     "berthing.batch": 8,
