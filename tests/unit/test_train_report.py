@@ -83,7 +83,9 @@ def _classify(tmp_path: Path) -> tuple[Path, dict]:
                "dev": dict(test, accuracy=0.8481), "test": test,
                "data": {"train": 237, "dev": 79, "test": 79,
                         "skipped": ["reviews.tsv:12: no label", "reviews.tsv:40: empty text"]},
-               "options": _options()}
+               "options": _options(), "baseline": {"label": ["1"], "accuracy": 0.6962},
+               "training": {"steps": 90, "epochs": 3.0, "seconds": 41.25, "samples_per_second": 17.23,
+                            "best_dev_figure": 0.79}}
     confusion = (["-1", "0", "1"], [[13, 1, 3], [1, 4, 2], [2, 1, 52]])
     wrong = [{"text": EVIL, "expected": "-1", "predicted": "1"}, {"text": "还行吧", "expected": "0", "predicted": "1"}]
     path = write_report(tmp_path / "report.html", title="mobile <reviews>", task="classify", history=_history(),
@@ -146,6 +148,8 @@ def test_classify_report(tmp_path: Path) -> None:
     assert ">812.5<" in page and "int8" in page and "3.2e-06" in page  # optimization and export check
     assert "reviews.tsv:12: no label" in page and ">237<" in page  # data sizes and skipped rows
     assert "learning_rate" in page and "2e-05" in page
+    assert "always 1" in page and ">0.6962<" in page  # majority baseline
+    assert "90 steps" in page and "17.2 samples/s" in page and "0.7900" in page
 
 
 def test_ner_report(tmp_path: Path) -> None:

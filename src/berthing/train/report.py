@@ -73,8 +73,9 @@ def write_report(
         f"<h1>{_e(title)}</h1>",
         f'<p class="lead">{_e(_lead(task, metrics))}</p>',
         _provenance(metrics, package),
-        _cards(task, metrics.get("test") or {}),
+        _cards(task, metrics.get("test") or {}, metrics.get("baseline")),
         "<h2>Training</h2>",
+        _training(metrics.get("training")),
         _figures(plots[:2]) or "<p>No training points were logged.</p>",
         "<h2>Test split</h2>",
         _figures(plots[2:]) or _no_breakdown(task),
@@ -151,16 +152,36 @@ def _headline(task: str) -> list[tuple[str, str]]:
     return [("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("micro_f1", "micro F1"), ("weighted_f1", "weighted F1")]
 
 
-def _cards(task: str, test: Mapping[str, Any]) -> str:
-    """The test split's main figures, large."""
+def _cards(task: str, test: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
+    """The test split's main figures, large; for classification the majority-class baseline beside them."""
     cards = [
         f'<div class="card"><div class="k">test {_e(name)}</div><div class="v">{test[key]:.4f}</div></div>'
         for key, name in _headline(task) if isinstance(test.get(key), int | float)
     ]
+    if baseline and isinstance(baseline.get("accuracy"), int | float):
+        label = ", ".join(map(str, baseline.get("label") or []))
+        cards.append(f'<div class="card"><div class="k">majority baseline (always {_e(label)})</div>'
+                     f'<div class="v">{baseline["accuracy"]:.4f}</div></div>')
     if isinstance(test.get("count"), int):
         cards.append(f'<div class="card"><div class="k">test {"sentences" if task == "ner" else "rows"}</div>'
                      f'<div class="v">{test["count"]}</div></div>')
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
+
+
+def _training(training: Mapping[str, Any] | None) -> str:
+    """One line: steps, epochs, time, speed, and the best dev figure that chose the checkpoint."""
+    if not training:
+        return ""
+    parts = [f"{training.get('steps')} steps"]
+    if isinstance(training.get("epochs"), int | float):
+        parts.append(f"{training['epochs']:.2f} epochs")
+    if isinstance(training.get("seconds"), int | float):
+        parts.append(f"{training['seconds']:.1f} s")
+    if isinstance(training.get("samples_per_second"), int | float):
+        parts.append(f"{training['samples_per_second']:.1f} samples/s")
+    best = training.get("best_dev_figure")
+    tail = f"; the checkpoint kept had the best dev figure, {best:.4f}" if isinstance(best, int | float) else ""
+    return f"<p>Trained {_e(', '.join(parts))}{_e(tail)}.</p>"
 
 
 def _overall_table(task: str, metrics: Mapping[str, Any]) -> str:
@@ -193,7 +214,7 @@ def _wrong_table(wrong: list[dict]) -> str:
     rows = [[f'<td class="n">{i}</td>', f'<td class="text">{_e(w.get("text", ""))}</td>',
              f'<td class="good">{_e(w.get("expected", ""))}</td>', f'<td class="bad">{_e(w.get("predicted", ""))}</td>']
             for i, w in enumerate(wrong, 1)]
-    return (f"<p>{len(wrong)} wrong prediction{'s' if len(wrong) != 1 else ''} from the test split.</p>"
+    return (f"<p>The first {len(wrong)} wrong prediction{'s' if len(wrong) != 1 else ''} on the test split.</p>"
             + _table(["#", "text", "expected", "predicted"], rows, numeric_from=9))
 
 
