@@ -158,7 +158,7 @@ def test_ner_report(tmp_path: Path) -> None:
     for name, row in metrics["test"]["per_type"].items():
         assert f"<td>{name}</td>" in page and f">{row['f1']:.4f}<" in page and f">{row['support']}<" in page
     assert ">0.7034<" in page and ">0.6911<" in page  # test and dev entity F1
-    assert "PyTorch checkpoint" in page and "--no-pack" in page
+    assert "No package was built" in page and "--no-pack" in page
     assert "江泽民/PER 北京/LOC" in page
 
 

@@ -141,8 +141,8 @@ def _provenance(metrics: Mapping[str, Any], package: Mapping[str, Any] | None) -
         where = metrics.get("package") or (package or {}).get("path") or "the package"
         return (f'<div class="note">The figures are of the packaged model <code>{_e(where)}</code>, run through berthing'
                 " as the server runs it: what this report shows is what <code>berthing serve</code> answers.</div>")
-    return ('<div class="warn">The figures are of the PyTorch checkpoint (no package was built); a package\'s optimized'
-            " graph may differ slightly.</div>")
+    return ('<div class="warn">No package was built: the figures are of the checkpoint folder as <code>berthing serve</code>'
+            " loads it with its default settings.</div>")
 
 
 def _headline(task: str) -> list[tuple[str, str]]:
