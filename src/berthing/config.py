@@ -109,6 +109,7 @@ class Settings(BaseModel):
     bert_serving_port_out: int | None = Field(
         None, ge=0, le=65535, description="bert-as-service's reply port (ZeroMQ PUB); default: bert_serving_port + 1."
     )
+    ui: bool = Field(True, description="Serve the playground page at GET / and the API docs at /docs.")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins a browser may call the inference API from ('*' = any); none = no CORS headers.",

@@ -74,7 +74,7 @@ def test_every_http_protocol_is_in_openapi_under_its_tag(
     with server_factory({"e": load("embed")}) as server:
         paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     tags = {tag for operations in paths.values() for op in operations.values() for tag in op.get("tags", [])}
-    assert tags == {"torchserve", "openai", "tei", "rerank", "infinity", "kserve", "bert-serving"}
+    assert tags == {"torchserve", "openai", "tei", "rerank", "infinity", "kserve", "bert-serving", "ui"}  # ui: the pages
     # a shared path is documented by the protocol that answers it (the first registered), as routing does
     assert paths["/rerank"]["post"]["tags"] == ["tei"] and paths["/embeddings"]["post"]["tags"] == ["openai"]
 

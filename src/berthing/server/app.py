@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from berthing.config import Settings
 from berthing.registry import Registry
+from berthing.server import playground
 from berthing.server.gateway import Gateway
 from berthing.server.listeners import Listeners
 from berthing.server.metrics import Metrics
@@ -67,6 +68,9 @@ def create_app(
             for path, operations in module.openapi_paths(gateway).items():
                 for verb, operation in operations.items():
                     extra.setdefault(path, {}).setdefault(verb, {"tags": [protocol], **operation})
+        for path, operations in (playground.openapi_paths() if settings.ui else {}).items():
+            for verb, operation in operations.items():
+                extra.setdefault(path, {}).setdefault(verb, operation)
         return Response(dumps(openapi(registry.names(), extra)), media_type=JSON)
 
     async def metrics_endpoint(_: Request) -> Response:
@@ -102,6 +106,7 @@ def create_app(
 
     routes = [
         Route("/ping", ping, methods=["GET"]),
+        *(playground.routes(gateway, error_response) if settings.ui else []),  # GET / only for browsers: others fall through
         *(route for module in modules.values() for route in module.routes(gateway)),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", describe, methods=["GET"]),
