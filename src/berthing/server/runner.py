@@ -211,6 +211,8 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
     console.print(f"serving {names} on http://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
     http = [p for p in settings.enabled_protocols() if p not in ("kserve-grpc",)]
     console.print(f"protocols on this port: {', '.join(http) or 'none'} (--protocols; docs/protocols.md)")
+    if settings.ui:
+        console.print(f"playground: http://{shown}:{port}/ in a browser; API docs at /docs (--no-ui turns both off)")
     m_host, m_port = sockets[1].getsockname()[:2]
     auth = "token in the key file" if token else "no token"
     m_shown = f"[{m_host}]" if ":" in m_host else m_host
