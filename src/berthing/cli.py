@@ -445,6 +445,9 @@ def version() -> None:
     typer.echo(berthing.__version__)
 
 
+app.command("train", no_args_is_help=True)(__import__("berthing.cli_train", fromlist=["_"]).train_command)  # berthing train
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
