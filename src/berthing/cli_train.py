@@ -23,7 +23,7 @@ def train_command(
                                              "or 'scratch' (a small seeded BERT, not pretrained); default: the default.")] = None,
     epochs: Annotated[float, typer.Option(help="Training epochs.")] = 3.0,
     batch_size: Annotated[int, typer.Option(help="Examples per step (per gradient accumulation step).")] = 32,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-5; scratch 5e-4).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (2e-5; scratch 2e-3, NER 1e-3).")] = None,
     max_length: Annotated[int, typer.Option(help="Tokens per example in training; the package truncates there too.")] = 128,
     warmup_ratio: Annotated[float, typer.Option(help="Share of the steps spent warming the learning rate up.")] = 0.0,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
