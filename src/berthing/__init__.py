@@ -42,10 +42,10 @@ def __getattr__(name: str) -> Any:
         from berthing import client
 
         return getattr(client, name)
-    if name == "train":  # berthing.train(...): torch and transformers load on the first call's import, not here
-        from berthing.train.run import train
+    if name == "train":  # berthing.train(...): the package is callable; torch and transformers load on the first call
+        import berthing.train
 
-        return train
+        return berthing.train
     raise AttributeError(f"module 'berthing' has no attribute {name!r}")
 
 
