@@ -132,10 +132,13 @@ def resolve_base(options: TrainOptions, dataset: Dataset, runs: Path, say: Calla
 
 
 def _model(task: str, base: Path, tags: list[str], multi_label: bool, seed: int) -> Any:
-    """The base with a new head of our labels (a head of another size is replaced, seeded)."""
+    """The base with a new head of our labels (a head of another size is replaced, seeded); transformers' load report
+    (the new head's weights are "MISSING", as they must be) is kept out of the output."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, set_seed
+    from transformers.utils import logging as hf_logging
 
     set_seed(seed)
+    hf_logging.set_verbosity_error()
     kwargs: dict[str, Any] = {"num_labels": len(tags), "id2label": dict(enumerate(tags)),
                               "label2id": {t: i for i, t in enumerate(tags)}, "ignore_mismatched_sizes": True}
     if task == "ner":
