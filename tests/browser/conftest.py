@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless chromium for the session; the tests skip when chromium or Playwright is missing."""
+    """One headless chromium per module; the tests skip when chromium or Playwright is missing.
+
+    Not per session: Playwright's sync API keeps an event loop running on the main thread while it is open, and the
+    test modules after this one call asyncio.run() there."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
     executable = shutil.which("chromium")
     if executable is None:
