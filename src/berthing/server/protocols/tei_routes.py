@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from berthing.inputs import json_type
-from berthing.server.gateway import MODEL_HEADER, Call
+from berthing.server.gateway import Call
 from berthing.server.protocols import infinity
 from berthing.server.protocols.tei_wire import (
     NOT_CLASSIFIER,
@@ -212,12 +212,6 @@ def _hf_classification(body: dict[str, Any], model: Model, results: list[Any]) -
     return [labels[:top_k] for labels in results]
 
 
-def _root_model(call: Call, request: Request, wanted: str | None) -> Model:
-    """A named model (prefix or header) as named; else the default, or the first model of the task the body asks."""
-    named = request.path_params.get("name") or request.headers.get(MODEL_HEADER)
-    return call.model(named or call.gateway.default_name((wanted,) if wanted else None))
-
-
 async def root(request: Request, call: Call) -> Response:
     """POST /: TEI dispatches by the model's type; berthing also reads the body (source_sentence, question+context)."""
     body = await read_object(call)
@@ -225,7 +219,7 @@ async def root(request: Request, call: Call) -> Response:
     wanted = None
     if isinstance(inputs, dict):
         wanted = "embed" if "source_sentence" in inputs else "qa" if {"question", "context"} & set(inputs) else None
-    model = _root_model(call, request, wanted)
+    model = pick(call, request, (wanted,) if wanted else ())  # a named model as named, whatever the body asks
     task = model.spec.task
     if wanted == "embed":
         if task != "embed":
