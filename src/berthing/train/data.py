@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from berthing.train.formats import (
+    TAG,
     DataError,
     NerExample,
     Rows,
@@ -41,7 +42,6 @@ TASK_FORMATS = {"classify": ("tsv", "csv", "jsonl"), "ner": ("jsonl", "conll", "
 SUFFIXES = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
             ".conll": "conll", ".bio": "conll", ".bioes": "conll", ".iob": "conll", ".iob2": "conll"}
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
-_TAG = re.compile(r"^(O|[BIES]-\S+)$")
 _PD_TOKEN = re.compile(r"^\[?.+/[A-Za-z]+(\][A-Za-z]+)?$")
 
 
@@ -78,7 +78,7 @@ def _sniff(path: Path) -> str | None:
     words = [w for line in lines for w in line.split()]
     if words and sum(bool(_PD_TOKEN.match(w)) for w in words) >= 0.9 * len(words):
         return "peoples-daily"
-    if all(len(line.split()) >= 2 and _TAG.match(line.split()[-1]) for line in lines if not line.startswith("-DOCSTART-")):
+    if all(len(line.split()) >= 2 and TAG.match(line.split()[-1]) for line in lines if not line.startswith("-DOCSTART-")):
         return "conll"
     if "\t" in lines[0]:
         return "tsv"

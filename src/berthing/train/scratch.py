@@ -7,12 +7,13 @@ checkpoint such as bert-base-chinese; this exists for offline machines and tests
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from berthing.train.encode import bio_labels
+from berthing.train.formats import TAG
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_TAG = re.compile(r"^(O|[BIES]-\S+)$")
 
 
 def char_vocab(texts: Iterable[str]) -> list[str]:
@@ -27,9 +28,9 @@ def model_labels(task: str, labels: list[str]) -> list[str]:
         return list(labels)
     if task != "ner":
         raise ValueError(f"unknown task {task!r}; expected classify or ner")
-    if "O" in labels and all(_TAG.match(label) for label in labels):
+    if "O" in labels and all(TAG.match(label) for label in labels):
         return list(labels)
-    return ["O", *(f"{prefix}-{typ}" for typ in labels for prefix in ("B", "I"))]
+    return bio_labels(labels)
 
 
 def _tokenizer(vocab: list[str]):
