@@ -19,7 +19,6 @@ from starlette.routing import Route
 import berthing
 from berthing.inputs import json_type, parse_tokenized, text_value
 from berthing.server.gateway import Call, Gateway, json_response
-from berthing.server.protocols.codec import dumps
 from berthing.types import BadRequest, BerthingError, InvalidInput, TextInput, TextPair
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ def error(error: BerthingError) -> Response:
     overload keeps its 503 and Retry-After."""
     status = 400 if error.code < 500 else error.code
     body = {"description": error.message, "type": error.type, "status": status}
-    return Response(dumps(body), status, headers=error.headers, media_type="application/json")
+    return json_response(body, status, error.headers)
 
 
 async def encode(request: Request, call: Call) -> Response:

@@ -27,7 +27,7 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 def error(error: BerthingError) -> Response:
     """{"error": message}: 400 for any client error (Triton's status) but auth's 401/403, 503 + Retry-After, else 500."""
     status = 400 if 400 <= error.code < 500 and error.code not in (401, 403) else error.code
-    return Response(dumps({"error": error.message}), status, headers=error.headers, media_type="application/json")
+    return json_response({"error": error.message}, status, error.headers)
 
 
 def _model(request: Request, call: Call) -> Any:

@@ -15,8 +15,7 @@ from starlette.responses import Response
 from tokenizers import Tokenizer
 
 from berthing.inputs import json_type
-from berthing.server.gateway import MODEL_HEADER, Call, WrongTask
-from berthing.server.protocols.codec import dumps
+from berthing.server.gateway import MODEL_HEADER, Call, WrongTask, json_response
 from berthing.types import (
     BadRequest,
     BerthingError,
@@ -32,7 +31,6 @@ from berthing.types import (
 if TYPE_CHECKING:
     from berthing.engine.model import Model
 
-JSON = "application/json"
 PREDICT_SHAPE = (
     "a string, a pair of strings [string, string] or a batch of mixed strings and pairs [[string], [string, string], ...]"
 )
@@ -90,12 +88,12 @@ def error(err: BerthingError) -> Response:
         code, kind, message = 422, "Validation", f"Input validation error: {err.message}"
     else:
         code, kind, message = 424, "Backend", f"Backend error: {err.message}"
-    return Response(dumps({"error": message, "error_type": kind}), code, headers=headers, media_type=JSON)
+    return json_response({"error": message, "error_type": kind}, code, headers)
 
 
 def answer(data: Any) -> Response:
     """A JSON success body."""
-    return Response(dumps(data), media_type=JSON)
+    return json_response(data)
 
 
 # -- request fields ------------------------------------------------------------------------------------------------
