@@ -17,7 +17,7 @@ from berthing.client._results import ModelEntry, Ranked
 log = logging.getLogger("berthing.client")
 
 
-class AsyncClient:
+class AsyncClient(common.ClientBase):
     """berthing.Client for asyncio: the same methods, awaited; `await aclose()` or `async with` releases the pool."""
 
     def __init__(
@@ -26,18 +26,10 @@ class AsyncClient:
         max_retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0, chunk_size: int = 256,
         max_concurrency: int = 4, transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.url, self.model = url.rstrip("/"), model
-        self.management_url = common.management_base(url, management_url)
-        self.max_concurrency = max_concurrency
-        self._tokens = (token, management_token)
-        self._plans = common.Planner(chunk_size)
-        self._retry = common.RetryPolicy(max_retries, backoff, max_backoff)
-        pool = httpx.Limits(max_connections=max_concurrency + 16, max_keepalive_connections=max_concurrency + 4)
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, limits=pool)
+        super().__init__(url, model, token, management_url, management_token, max_retries, backoff, max_backoff,
+                         chunk_size, max_concurrency)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, limits=self._pool)
         self._slots: asyncio.Semaphore | None = None
-        self._discovered: str | None = None
 
     # -- inference ------------------------------------------------------------------------------------------------
 
@@ -153,18 +145,17 @@ class AsyncClient:
 
     async def _send(self, call: common.Call) -> Any:
         """One call, retried on 503/429 (after Retry-After) and on broken connections, as the RetryPolicy says."""
-        base, token = (self.management_url, self._tokens[1]) if call.management else (self.url, self._tokens[0])
-        headers = {"authorization": f"Bearer {token}"} if token else {}
+        url, headers = self._target(call)
         timeout = httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout
         for attempt in itertools.count():
             try:
-                response = await self._http.request(call.method, base + call.path, json=call.json, params=call.params,
+                response = await self._http.request(call.method, url, json=call.json, params=call.params,
                                                     headers=headers, timeout=timeout)
                 if response.status_code < 400:
                     return response.json()
                 error = error_from(response)
             except httpx.TransportError as exc:
-                error = error_from_transport(exc, f"{call.method} {base}{call.path}")
+                error = error_from_transport(exc, f"{call.method} {url}")
             wait = self._retry.delay(attempt, error, call.idempotent)
             if wait is None:
                 error.offset = call.offset

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import httpx
 import numpy as np
 
 from berthing.client import _results as results
@@ -75,6 +76,31 @@ class RetryPolicy:
 
     def _backoff(self, attempt: int) -> float:
         return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+class ClientBase:
+    """What Client and AsyncClient set up alike: both addresses, each API's headers (built once), the planner and
+    the retry policy; the subclasses add their own httpx client and concurrency."""
+
+    def __init__(self, url: str, model: str | None, token: str | None, management_url: str | None,
+                 management_token: str | None, max_retries: int, backoff: float, max_backoff: float, chunk_size: int,
+                 max_concurrency: int) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.url, self.model = url.rstrip("/"), model
+        self.management_url = management_base(url, management_url)
+        self.max_concurrency = max_concurrency
+        self._headers = tuple({"authorization": f"Bearer {t}"} if t else {} for t in (token, management_token))
+        self._plans = Planner(chunk_size)
+        self._retry = RetryPolicy(max_retries, backoff, max_backoff)
+        self._pool = httpx.Limits(max_connections=max_concurrency + 16, max_keepalive_connections=max_concurrency + 4)
+        self._discovered: str | None = None
+
+    def _target(self, call: Call) -> tuple[str, dict[str, str]]:
+        """The call's full URL and headers: the management API's or the inference API's."""
+        if call.management:
+            return self.management_url + call.path, self._headers[1]
+        return self.url + call.path, self._headers[0]
 
 
 def management_base(url: str, management_url: str | None) -> str:
