@@ -21,7 +21,6 @@ from berthing.types import BadRequest, BerthingError, PayloadTooLarge
 from berthing.version import __version__
 
 HEADER_LENGTH = "inference-header-content-length"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 
 
 def error(error: BerthingError) -> Response:
@@ -36,7 +35,7 @@ def _model(request: Request, call: Call) -> Any:
 
 async def server_metadata(request: Request, call: Call) -> Response:
     """GET /v2."""
-    return json_response({"name": "berthing", "version": __version__, "extensions": EXTENSIONS})
+    return json_response({"name": "berthing", "version": __version__, "extensions": kt.EXTENSIONS})
 
 
 async def live(request: Request, call: Call) -> Response:

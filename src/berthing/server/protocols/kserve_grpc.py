@@ -28,7 +28,6 @@ from berthing.version import __version__
 log = logging.getLogger("berthing.server")
 PROTOCOL = "kserve-grpc"
 WORKERS = 64  # RPCs in flight at once; each waits on the event loop, not on a core
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
 
 
 def status_of(error: BerthingError) -> grpc.StatusCode:
@@ -68,7 +67,7 @@ class Service:
         return CLASSES["ServerReadyResponse"](ready=bool(self.gateway.registry.names()))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext, seen: dict[str, str]) -> Any:
-        return CLASSES["ServerMetadataResponse"](name="berthing", version=__version__, extensions=EXTENSIONS)
+        return CLASSES["ServerMetadataResponse"](name="berthing", version=__version__, extensions=kt.EXTENSIONS)
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext, seen: dict[str, str]) -> Any:
         """Ready false for a model not served (as Triton answers), never an error."""
