@@ -17,7 +17,7 @@ from starlette.routing import Route
 from berthing.config import Settings
 from berthing.registry import Registry
 from berthing.server import playground
-from berthing.server.gateway import Gateway
+from berthing.server.gateway import Gateway, error_response
 from berthing.server.listeners import Listeners
 from berthing.server.metrics import Metrics
 from berthing.server.openapi import openapi
@@ -38,11 +38,6 @@ HTTP_PROTOCOLS = {
     "kserve": "berthing.server.protocols.kserve",
     "bert-serving": "berthing.server.protocols.bert_serving",
 }
-
-
-def error_response(error: BerthingError) -> Response:
-    """The one place an error becomes HTTP: its status, its JSON body, its headers."""
-    return Response(dumps(error.to_dict()), error.code, headers=error.headers, media_type=JSON)
 
 
 def create_app(

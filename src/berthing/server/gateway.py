@@ -23,7 +23,7 @@ from berthing.server.protocols.codec import dumps, parse_json
 from berthing.server.security import check_token
 from berthing.types import BadRequest, BerthingError, InvalidInput, ModelNotFound, PayloadTooLarge, TextInput
 
-__all__ = ["Call", "Gateway", "WrongTask", "dumps", "json_response", "parse_json", "read_body"]
+__all__ = ["Call", "Gateway", "WrongTask", "dumps", "error_response", "json_response", "parse_json", "read_body"]
 
 log = logging.getLogger("berthing.server")
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": metrics only, never sent
@@ -165,6 +165,12 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def error_response(error: BerthingError) -> Response:
+    """berthing's own error shape {"code", "type", "message"} (TorchServe's routes, management, unknown routes), with
+    the error's status and headers (Retry-After)."""
+    return json_response(error.to_dict(), error.code, headers=error.headers)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

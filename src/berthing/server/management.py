@@ -21,7 +21,8 @@ from berthing.loading import load_model
 from berthing.names import check_name
 from berthing.packaging.sources import ModelSource, resolve
 from berthing.registry import Conflict, Registry
-from berthing.server.app import JSON, error_response
+from berthing.server.app import JSON
+from berthing.server.gateway import error_response
 from berthing.server.metrics import Metrics
 from berthing.server.protocols import torchserve
 from berthing.server.security import check_source, check_token

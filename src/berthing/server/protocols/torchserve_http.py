@@ -8,18 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from berthing.server.gateway import Call, Gateway
+from berthing.server.gateway import Call, Gateway, error_response
 from berthing.server.openapi import torchserve_paths
-from berthing.server.protocols.codec import dumps
 from berthing.server.protocols.torchserve import decode_body, dump_result, encode_result, parse_request
-from berthing.types import BerthingError
 
 JSON = "application/json"
-
-
-def error(error: BerthingError) -> Response:
-    """TorchServe-style errors: {"code", "type", "message"} with the error's own status and headers (Retry-After)."""
-    return Response(dumps(error.to_dict()), error.code, headers=error.headers, media_type=JSON)
 
 
 async def predictions(request: Request, call: Call) -> Response:
@@ -37,7 +30,7 @@ async def predictions(request: Request, call: Call) -> Response:
 
 def routes(gateway: Gateway) -> list[Route]:
     """TorchServe's inference routes."""
-    endpoint = gateway.endpoint("torchserve", "predictions", predictions, error)
+    endpoint = gateway.endpoint("torchserve", "predictions", predictions, error_response)
     return [
         Route("/predictions/{model}", endpoint, methods=["POST"]),
         Route("/predictions/{model}/{version}", endpoint, methods=["POST"]),
