@@ -118,7 +118,7 @@ class Encoder:
             batch: list[str | tuple[str, str]] = [
                 (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
             ]
-            encodings = list(self.tokenizer.encode_batch(batch, add_special_tokens=True))
+            encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)  # type: ignore[assignment]
         out: list[Encoded] = []
         for i, enc in enumerate(encodings):
             if enc is None:

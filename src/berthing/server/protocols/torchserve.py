@@ -14,26 +14,26 @@ __all__ = ["EMPTY_BODY", "decode_body", "dump_result", "dumps", "encode_result",
 
 _BOM = b"\xef\xbb\xbf"
 EMPTY_BODY = 'empty body: send JSON {"input": ...} or a UTF-8 text'
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _is_json(content_type: str, body: bytes) -> bool:
-    """JSON when declared; also a body that looks like a JSON object or list under curl -d's form default, under no
-    Content-Type (curl -T, seed 003) or application/octet-stream, as TorchServe's handlers parse it; text/plain is text."""
+_NOT_JSON = object()
+
+
+def _json_value(content_type: str, body: bytes) -> Any:
+    """The body's JSON value when it is JSON, else _NOT_JSON (a text). JSON when declared; also a body that looks like
+    a JSON object or list under curl -d's form default, and, when it parses, under no Content-Type (curl -T, seed 003)
+    or application/octet-stream, as TorchServe's handlers read it; text/plain is always text."""
     ct = content_type.split(";", 1)[0].strip().lower()
     if ct in ("application/json", "text/json") or ct.endswith("+json"):
-        return True
-    if ct not in ("", "application/x-www-form-urlencoded", "application/octet-stream"):
-        return False
-    if body.lstrip()[:1] not in (b"{", b"["):
-        return False
+        return parse_json(body)
+    if ct not in ("", "application/x-www-form-urlencoded", "application/octet-stream") or body.lstrip()[:1] not in (b"{", b"["):
+        return _NOT_JSON
     if ct == "application/x-www-form-urlencoded":
-        return True
-    try:  # undeclared: JSON only when it parses, so a text that merely starts with "[" stays a text
-        orjson.loads(body)
+        return parse_json(body)
+    try:  # undeclared: JSON only when it parses (parsed once), so a text that merely starts with "[" stays a text
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return True
+        return _NOT_JSON
 
 
 def _decode(body: bytes) -> str:
@@ -55,12 +55,13 @@ def decode_body(body: bytes, content_type: str) -> Any:
     body = body.removeprefix(_BOM)  # Windows tools prepend one; RFC 8259 lets a parser ignore it
     if not body.strip():
         raise BadRequest(EMPTY_BODY)
-    if not _is_json(content_type, body):
-        text = _decode(body)
-        if not text.strip():
-            raise BadRequest(EMPTY_BODY)
-        return text
-    return parse_json(body)
+    value = _json_value(content_type, body)
+    if value is not _NOT_JSON:
+        return value
+    text = _decode(body)
+    if not text.strip():
+        raise BadRequest(EMPTY_BODY)
+    return text
 
 
 def parse_request(
@@ -85,15 +86,14 @@ def parse_request(
 
 def encode_result(results: list[Any], single: bool) -> bytes:
     """The answer mirrors the input: one result for one input, a list for a list."""
-    return orjson.dumps(results[0] if single else results, option=_DUMP_OPTIONS)
+    return dumps(results[0] if single else results)
 
 
 def dump_result(value: Any) -> bytes:
     """A custom handler's result as JSON; a value JSON cannot hold is the handler's fault (500), said plainly."""
     try:
-        return orjson.dumps(value, option=_DUMP_OPTIONS)
+        return dumps(value)
     except TypeError as exc:
         from berthing.handler import HandlerError
 
         raise HandlerError(f"custom handler returned a value that is not JSON-serializable: {exc}") from None
-
