@@ -329,15 +329,15 @@ def _train(task: str, data: str | Path, out: Path, runs: Path, options: TrainOpt
 def _pack(checkpoint: Path, out: Path, name: str, options: TrainOptions, say: Callable[[str], None]) -> tuple[Path, dict]:
     """`berthing pack`'s own code: export, the same --optimize choice and verification against PyTorch."""
     from berthing.packaging.package import SUFFIX, pack
-    from berthing.packaging.tune import OptimizeRequest
+    from berthing.packaging.tune import OptimizeRequest, summary
 
     old = out / f"{name}-{options.version}{SUFFIX}"
     old.unlink(missing_ok=True)
     say(f"packing {name}-{options.version} (optimize {options.optimize})")
     path, manifest = pack(checkpoint, out, name, options.version, archive=True, optimize=OptimizeRequest(options.optimize),
                           progress=lambda message: say(f"packing: {message}"))
-    level = (manifest.get("optimization") or {}).get("level", "none")
-    say(f"packed {path.name}: level {level}, ONNX max abs error vs PyTorch {manifest['verification']['max_abs_error']:.1e}")
+    say(f"packed {path.name}: ONNX max abs error vs PyTorch {manifest['verification']['max_abs_error']:.1e}; "
+        + summary(manifest.get("optimization")))  # berthing pack's own line on the level kept and those tried
     record = {"path": str(path), "optimization": manifest.get("optimization"), "verification": manifest.get("verification")}
     return path, record
 
