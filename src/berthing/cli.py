@@ -446,6 +446,7 @@ def version() -> None:
 
 
 app.command("train", no_args_is_help=True)(__import__("berthing.cli_train", fromlist=["_"]).train_command)  # berthing train
+app.add_typer(__import__("berthing.cli_ray", fromlist=["_"]).ray_app, name="ray")  # berthing ray serve|config
 
 
 def main() -> None:

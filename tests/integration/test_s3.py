@@ -5,7 +5,6 @@ missing buckets, keys and denied access say so."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,22 +21,17 @@ from berthing.packaging import s3
 from berthing.packaging.package import pack
 from berthing.packaging.sources import resolve
 from berthing.types import ModelLoadError
+from tests.support.http import free_port
 from tests.support.models import LABELS
 
 TEXTS = ["the parcel came late", "物流很快, 包装完好"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MotoServer:
     """moto's standalone S3-compatible server as a child process on a free loopback port."""
 
     def __init__(self, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -170,7 +164,7 @@ def test_missing_bucket_key_and_wrong_kind_say_so(moto: MotoServer, tmp_path: Pa
 
 
 def test_an_unreachable_endpoint_says_so(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv(s3.ENDPOINT_ENV, f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv(s3.ENDPOINT_ENV, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ModelLoadError) as unreachable:
         resolve("s3://models/m.berth", tmp_path)
     assert unreachable.value.message.startswith("cannot read s3://models/m.berth: S3 endpoint unreachable (")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,13 @@ from berthing.engine.model import Model
 from berthing.runtime.base import Runtime
 
 WAIT_S = 30.0  # upper bound for waits on a server's observable state; never a timing assertion
+
+
+def free_port() -> int:
+    """A port free on loopback now (for servers started by other processes, which cannot be handed a socket)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def clone(model: Model, name: str, runtimes: list[Runtime] | None = None) -> Model:

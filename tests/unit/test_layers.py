@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "berthing.server": 8,
     "berthing.serverless": 8,
     "berthing.batch": 8,
+    "berthing.ray": 8,  # berthing on Ray Serve and Ray Data: the server's app and batch's records, on a cluster
     "berthing.cli": 8,
     "berthing.__main__": 8,
     "berthing": 8,  # the package itself: berthing.load

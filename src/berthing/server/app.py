@@ -41,16 +41,21 @@ HTTP_PROTOCOLS = {
 
 
 def create_app(
-    registry: Registry, settings: Settings, metrics: Metrics | None = None, say: Callable[[str], None] | None = None
+    registry: Registry,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    say: Callable[[str], None] | None = None,
+    own_ports: bool = True,
 ) -> Starlette:
     """Build the inference app over already-loaded models; batchers and own-port listeners start with its lifespan.
 
-    `say` prints what the own-port listeners (gRPC, ZeroMQ) bound, once they have."""
+    `say` prints what the own-port listeners (gRPC, ZeroMQ) bound, once they have; `own_ports=False` starts none
+    (Ray replicas: several on one node would fight over the ports, and Ray's proxy fronts only HTTP)."""
     metrics = metrics or Metrics()
     gateway = Gateway(registry, settings, metrics)
     enabled = settings.enabled_protocols()
     modules: dict[str, Any] = {p: importlib.import_module(HTTP_PROTOCOLS[p]) for p in HTTP_PROTOCOLS if p in enabled}
-    listeners = Listeners(gateway, say)
+    listeners = Listeners(gateway, say, enabled=own_ports)
     http_protocols = [p for p in enabled if p in HTTP_PROTOCOLS]
     on_port = f"protocols: {', '.join(http_protocols)}" if http_protocols else "no protocol is on (--protocols)"
 

@@ -42,14 +42,17 @@ class Listener(Protocol):
 class Listeners:
     """The app's own-port listeners: started in the background at startup, stopped at shutdown."""
 
-    def __init__(self, gateway: Gateway, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, gateway: Gateway, say: Callable[[str], None] | None = None, enabled: bool = True) -> None:
         self.gateway = gateway
+        self.enabled = enabled
         self.say = say or log.info
         self.started: dict[str, Listener] = {}
         self.ready = threading.Event()  # set once every listener started or failed (tests wait on it)
         self._task: asyncio.Task[None] | None = None
 
     def wanted(self) -> list[str]:
+        if not self.enabled:
+            return []
         return [p for p in self.gateway.settings.enabled_protocols() if p in LISTENERS]
 
     def start(self) -> None:

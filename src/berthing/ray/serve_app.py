@@ -1,0 +1,91 @@
+"""One model as a Ray Serve application: each replica is berthing's own ASGI app with the model loaded once.
+
+The app goes behind `@serve.ingress` as a builder closure over plain settings, so Ray pickles a dict, never a model:
+the replica calls the builder, which loads the model there. berthing's token-budget batcher stays the batcher (Ray's
+`@serve.batch` counts items; it would replace what makes berthing fast), fed by a high `max_ongoing_requests`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from berthing.ray.options import ServeArgs, deployment_options, replica_settings
+
+# The replica's app, set by the builder when Ray calls it in the replica's process (one app per replica process).
+_REPLICA: dict[str, Any] = {}
+
+
+def _builder(settings: dict[str, Any]) -> Callable[[], Any]:
+    """A function Ray calls with no arguments on the replica; only `settings` (plain values) is pickled."""
+
+    def build() -> Any:
+        return _build_app(settings)  # a module function: cloudpickle sends it by reference, so _REPLICA is the real one
+
+    return build
+
+
+def _build_app(settings: dict[str, Any]) -> Any:
+    """Load the model and make the ASGI app, in the replica's process."""
+    from rich.console import Console
+
+    from berthing.config import Settings
+    from berthing.server.app import create_app
+    from berthing.server.runner import load_registry
+
+    values = Settings(**settings)
+    registry = load_registry(values, Console(stderr=True, soft_wrap=True))
+    app = create_app(registry, values, own_ports=False)
+    _REPLICA["app"] = app
+    _REPLICA["registry"] = registry
+    return app
+
+
+class _Replica:
+    """Methods a DeploymentHandle calls on a replica, besides HTTP (which the ingress app answers)."""
+
+    async def infer(self, inputs: list[Any], options: dict[str, Any] | None = None, model: str | None = None) -> list[Any]:
+        """Results for parsed inputs (texts, pairs, {question, context}) through the replica's batcher: the path for
+        Python callers inside the cluster, without Ray's HTTP proxy or JSON."""
+        return await _model(model).infer(list(inputs), dict(options or {}))
+
+    def replica_info(self) -> dict[str, Any]:
+        """Which process and node answered, with the models it holds: for operators and for tests that kill one."""
+        import ray
+
+        registry = _REPLICA.get("registry")
+        return {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "replica": serve.get_replica_context().replica_tag,
+            "models": registry.names() if registry is not None else [],
+        }
+
+    def check_health(self) -> None:
+        """Ray's health check: a replica whose model's batcher stopped is replaced, not sent more traffic."""
+        registry = _REPLICA.get("registry")
+        if registry is None:
+            raise RuntimeError("the berthing app is not built yet")
+        for model in registry.all():
+            if model.batcher is not None and not model.batcher.running:
+                raise RuntimeError(f"model {model.name!r}: its batcher stopped")
+
+
+def _model(name: str | None) -> Any:
+    registry = _REPLICA.get("registry")
+    if registry is None:
+        raise RuntimeError("the berthing app is not built yet")
+    return registry.get(name or registry.names()[0])
+
+
+def build(args: ServeArgs | dict[str, Any]) -> Application:
+    """The Serve application of one model: a deployment of berthing's ASGI app, with options set for this workload."""
+    args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
+    ingress = serve.ingress(_builder(replica_settings(args)))
+    replica = type("BerthingReplica", (_Replica,), {"__module__": __name__, "__doc__": _Replica.__doc__})
+    deployment = serve.deployment(ingress(replica), **deployment_options(args))
+    return deployment.bind()

@@ -1,0 +1,68 @@
+"""A real two-node Ray cluster on 127.0.0.1 for the tests, started and stopped through its own handles.
+
+Never `ray stop`: it kills every Ray process on the machine. Usage stats are off, token auth is on with a token made
+here, the object store is capped, and no dashboard starts. Every node address is loopback: Ray resolves 127.0.0.1 to
+the host's outward address unless its "no multi-host cluster" switch is set, and nothing here may bind beyond it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from tests.support.http import free_port
+
+NODE_CPUS = 2  # logical CPUs per node: two one-CPU replicas fit on each
+OBJECT_STORE_BYTES = 128 * 1024 * 1024
+
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node addresses stay 127.0.0.1 (see the module's docstring)
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass
+class RayCluster:
+    """The running cluster: its GCS address, the Serve proxy's HTTP port, and the worker node's id."""
+
+    cluster: Any
+    address: str
+    http_port: int
+    head_node_id: str
+    worker_node_id: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@contextmanager
+def ray_cluster() -> Iterator[RayCluster]:
+    """Start a head and a worker node (NODE_CPUS each), connect this process, start Serve on a free loopback port."""
+    os.environ.update({k: v for k, v in RAY_ENV.items()})
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": NODE_CPUS, "object_store_memory": OBJECT_STORE_BYTES}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={**node, "include_dashboard": False})
+    worker = cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield RayCluster(cluster, cluster.address, port, cluster.head_node.unique_id, worker.unique_id)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
