@@ -2,8 +2,168 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
 
 ray_app = typer.Typer(
     no_args_is_help=True, help="Serve models on a Ray cluster (pip install 'berthing\\[ray]'; docs/ray.md)."
 )
+console = Console(stderr=True, soft_wrap=True)
+
+Models = Annotated[
+    list[str] | None, typer.Argument(help="NAME=SOURCE or SOURCE, as `berthing serve` takes them; none = the default model.")
+]
+Host = Annotated[str, typer.Option(help="Address of Ray's HTTP proxy (when Serve starts on the cluster).")]
+Port = Annotated[int, typer.Option(help="Port of Ray's HTTP proxy (when Serve starts on the cluster).")]
+Replicas = Annotated[int | None, typer.Option(help="Replicas per model (default 1); or --autoscale.")]
+Autoscale = Annotated[str | None, typer.Option(help="MIN:MAX replicas per model, scaled on ongoing requests.")]
+Cpus = Annotated[float, typer.Option(help="CPUs each replica reserves; ONNX Runtime runs that many threads.")]
+MaxOngoing = Annotated[
+    int, typer.Option(help="Requests a replica holds at once (they feed its batcher; Ray's default 5 starves it).")
+]
+TargetOngoing = Annotated[float, typer.Option(help="Autoscaling target of ongoing requests per replica.")]
+MaxQueued = Annotated[int, typer.Option(help="Requests queued per proxy before overload answers (-1 = unbounded).")]
+OverloadStatus = Annotated[int, typer.Option(help="Status of Ray's overload answer, 503 or 429 (with Retry-After).")]
+Config = Annotated[Path | None, typer.Option("--config", help="berthing's TOML settings file (batching, optimize, tokens...).")]
+Token = Annotated[str | None, typer.Option(help="Bearer token for inference routes (Ray's cluster token does not cover them).")]
+Default = Annotated[str | None, typer.Option(help="Model routed at '/' (default: the first); others are at /NAME.")]
+Task = Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")]
+Optimize = Annotated[str | None, typer.Option(help="auto, none, fused or int8 (a checkpoint's ONNX graph).")]
+Protocols = Annotated[list[str] | None, typer.Option("--protocols", help="Wire protocols served (all; all,-NAME).")]
+
+
+def _plans(models: list[str] | None, flags: dict[str, Any], scaling: dict[str, Any]) -> list[Any]:
+    from pydantic import ValidationError
+
+    from berthing.cli import _settings
+    from berthing.ray.plan import plan
+    from berthing.types import BerthingError
+
+    settings = _settings(models=models or None, **flags)
+    try:
+        return plan(settings, scaling)
+    except ValidationError as exc:
+        for err in exc.errors():
+            console.print(f"[red]error:[/] {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+        raise typer.Exit(2) from None
+    except BerthingError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@ray_app.command("serve")
+def serve_command(
+    models: Models = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to deploy to (host:port, auto, ray://...); default: start one here.")
+    ] = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    replicas: Replicas = None,
+    autoscale: Autoscale = None,
+    cpus: Cpus = 1.0,
+    max_ongoing_requests: MaxOngoing = 256,
+    target_ongoing_requests: TargetOngoing = 32,
+    max_queued_requests: MaxQueued = 1024,
+    overload_status: OverloadStatus = 503,
+    default_model: Default = None,
+    inference_token: Token = None,
+    task: Task = None,
+    optimize: Optimize = None,
+    protocols: Protocols = None,
+    config: Config = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Deploy and return; the applications keep running on the cluster (--address).")
+    ] = False,
+) -> None:
+    """Deploy each model as a Ray Serve application (its replicas run berthing's own server) and wait for Ctrl-C."""
+    if replicas is not None and autoscale is not None:
+        console.print("[red]error:[/] give --replicas or --autoscale, not both")
+        raise typer.Exit(2)
+    if detach and address is None:
+        console.print("[red]error:[/] --detach needs --address: a cluster started here ends with this command")
+        raise typer.Exit(2)
+    flags = {"default_model": default_model, "inference_token": inference_token, "task": task, "optimize": optimize,
+             "protocols": protocols, "config_file": config}
+    scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
+               "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
+               "overload_status": overload_status}
+    plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
+
+    from berthing.ray.cluster import connect, deploy, disconnect
+
+    started = connect(address, console)
+    try:
+        url = deploy(plans, host, port, console)
+    except BaseException:
+        disconnect(plans, started, console)
+        raise
+    for p in plans:
+        console.print(f"[green]✓[/] {p.name}: {url}{p.route_prefix.rstrip('/')}/predictions/{p.name} ({_scale_line(p.args)})")
+    if detach:
+        console.print("deployed; `serve status` shows them, `serve delete NAME` removes one (docs/ray.md)")
+        return
+    console.print("serving through Ray Serve (Ctrl-C or SIGTERM removes the applications)")
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        disconnect(plans, started, console)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the wait as Ctrl-C does: the applications are removed on the way out
+
+
+def _scale_line(args: Any) -> str:
+    if args.autoscale:
+        return f"autoscaling {args.autoscale} replicas, {args.cpus:g} CPU each"
+    return f"{args.replicas or 1} replica(s), {args.cpus:g} CPU each"
+
+
+@ray_app.command("config")
+def config_command(
+    models: Models = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the YAML here (default: stdout).")] = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    replicas: Replicas = None,
+    autoscale: Autoscale = None,
+    cpus: Cpus = 1.0,
+    max_ongoing_requests: MaxOngoing = 256,
+    target_ongoing_requests: TargetOngoing = 32,
+    max_queued_requests: MaxQueued = 1024,
+    overload_status: OverloadStatus = 503,
+    default_model: Default = None,
+    task: Task = None,
+    optimize: Optimize = None,
+    protocols: Protocols = None,
+    config: Config = None,
+) -> None:
+    """Write a Serve config for these models (`serve deploy`, `serve run`, a RayService's serveConfigV2)."""
+    import yaml
+
+    from berthing.ray.plan import serve_config
+
+    if replicas is not None and autoscale is not None:
+        console.print("[red]error:[/] give --replicas or --autoscale, not both")
+        raise typer.Exit(2)
+    flags = {"default_model": default_model, "task": task, "optimize": optimize, "protocols": protocols, "config_file": config}
+    scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
+               "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
+               "overload_status": overload_status}
+    plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
+    text = yaml.safe_dump(serve_config(plans, host, port), sort_keys=False, allow_unicode=True)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"[green]✓[/] wrote {output}: `serve deploy {output}` on a running cluster (docs/ray.md)")
