@@ -14,14 +14,21 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from berthing.engine.model import Model
+from berthing.tasks.base import Task
 from berthing.types import BadRequest, BerthingError, TextInput
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from berthing.config import Settings
 
 FORMATS = ("jsonl", "csv", "tsv", "txt")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
@@ -64,77 +71,122 @@ class Reader:
         self._csv: csv.DictReader[str] | None = None
         self._wanted: dict[str, str] = {}
         if fmt in ("csv", "tsv"):  # read and check the header now: a wrong column fails before any output
-            self._csv = csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t")
+            self._csv = csv_reader(stream, fmt)
             self.columns = list(self._csv.fieldnames or [])
-            self._wanted = self._row_fields()
+            self._wanted = row_fields(self.columns, model.spec.task, text_field)
 
     def __iter__(self) -> Iterator[Record]:
-        if self._csv is not None:
-            yield from self._rows(self._csv)
-            return
-        for number, line in enumerate(self.stream, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            record = Record(number)
-            try:
-                if self.fmt == "txt":
-                    record.inputs, record.single = [line], True
-                    record.keep = {"text": line}
-                else:
-                    self._json_line(record, line)
-            except BerthingError as exc:
-                record.error = exc
-            yield record
-
-    def _json_line(self, record: Record, line: str) -> None:
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"line {record.number} is not valid JSON: {exc}") from None
         task = self.model.task
-        if isinstance(value, dict):
-            record.keep = value
-            if self.field is not None:
-                if self.field not in value:
-                    raise BadRequest(f"line {record.number} has no field {self.field!r} (fields: {', '.join(value)})")
-                record.inputs, record.single = task.parse(value[self.field], self.field, self.max_items)
-            else:
-                record.inputs, record.single, record.options = task.parse_object(value, self.max_items)
-        else:
-            record.keep = {"input": value}
-            record.inputs, record.single = task.parse(value, "input", self.max_items)
+        if self._csv is not None:
+            for number, row in numbered_rows(self._csv):
+                yield parse_row(number, row, self._wanted, task, self.max_items)
+            return
+        for number, line in numbered_lines(self.stream):
+            yield parse_line(number, line, self.fmt, task, self.field, self.max_items)
 
-    def _rows(self, reader: csv.DictReader[str]) -> Iterator[Record]:
-        for number, row in enumerate(reader, 2):  # row 1 is the header
-            record = Record(number, keep=dict(row))
+
+def numbered_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    """The non-blank lines with their 1-based numbers (blank lines count, but are not requests)."""
+    for number, line in enumerate(stream, 1):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield number, line
+
+
+def parse_line(number: int, line: str, fmt: str, task: Task, text_field: str | None, max_items: int) -> Record:
+    """One JSONL or text line as a Record; a line that does not parse gets its error, not an exception."""
+    record = Record(number)
+    try:
+        if fmt == "txt":
+            record.inputs, record.single = [line], True
+            record.keep = {"text": line}
+        else:
             try:
-                body = {key: row.get(column) or "" for key, column in self._wanted.items()}
-                record.inputs, record.single, record.options = self.model.task.parse_object(body, self.max_items)
-            except BerthingError as exc:
-                record.error = exc
-            yield record
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"line {number} is not valid JSON: {exc}") from None
+            _parse_value(record, value, task, text_field, max_items)
+    except BerthingError as exc:
+        record.error = exc
+    return record
 
-    def _row_fields(self) -> dict[str, str]:
-        """Which columns feed the model: --field, else the task's own names (text, question/context, text/text_pair)."""
-        task = self.model.spec.task
-        if self.field is not None:
-            names = {"input": self.field}
-        elif task == "qa":
-            names = {"question": "question", "context": "context"}
-        elif "text_pair" in self.columns:
-            names = {"text": "text", "text_pair": "text_pair"}
+
+def parse_object_row(number: int, row: dict[str, Any], task: Task, text_field: str | None, max_items: int) -> Record:
+    """A row that is already a dict (a Parquet row) as a Record, read as a JSONL object line would be."""
+    record = Record(number)
+    try:
+        _parse_value(record, row, task, text_field, max_items)
+    except BerthingError as exc:
+        record.error = exc
+    return record
+
+
+def _parse_value(record: Record, value: Any, task: Task, text_field: str | None, max_items: int) -> None:
+    if isinstance(value, dict):
+        record.keep = value
+        if text_field is not None:
+            if text_field not in value:
+                raise BadRequest(f"line {record.number} has no field {text_field!r} (fields: {', '.join(value)})")
+            record.inputs, record.single = task.parse(value[text_field], text_field, max_items)
         else:
-            names = {"input": "text"}
-        if task == "rerank":
-            raise BadRequest("a reranking model takes {query, texts} objects: give it JSONL, one object per line")
-        missing = [column for column in names.values() if column not in self.columns]
-        if missing:
-            raise BadRequest(
-                f"the input has no column {missing[0]!r} (columns: {', '.join(self.columns) or 'none'}); "
-                "name the text column with --field"
-            )
-        return names
+            record.inputs, record.single, record.options = task.parse_object(value, max_items)
+    else:
+        record.keep = {"input": value}
+        record.inputs, record.single = task.parse(value, "input", max_items)
+
+
+def csv_reader(stream: IO[str], fmt: str) -> csv.DictReader[str]:
+    """A CSV or TSV reader whose values stay strings, as they were written."""
+    return csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t")
+
+
+def numbered_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """CSV rows with their line numbers (row 1 is the header)."""
+    return enumerate(reader, 2)
+
+
+def parse_row(number: int, row: dict[str, Any], wanted: dict[str, str], task: Task, max_items: int) -> Record:
+    """One CSV row as a Record: the `wanted` columns (from row_fields) make the request body; all are kept."""
+    record = Record(number, keep=dict(row))
+    try:
+        body = {key: row.get(column) or "" for key, column in wanted.items()}
+        record.inputs, record.single, record.options = task.parse_object(body, max_items)
+    except BerthingError as exc:
+        record.error = exc
+    return record
+
+
+def row_fields(columns: list[str], task: str, text_field: str | None) -> dict[str, str]:
+    """Which columns feed the model: --field, else the task's own names (text, question/context, text/text_pair)."""
+    if text_field is not None:
+        names = {"input": text_field}
+    elif task == "qa":
+        names = {"question": "question", "context": "context"}
+    elif "text_pair" in columns:
+        names = {"text": "text", "text_pair": "text_pair"}
+    else:
+        names = {"input": "text"}
+    if task == "rerank":
+        raise BadRequest("a reranking model takes {query, texts} objects: give it JSONL, one object per line")
+    missing = [column for column in names.values() if column not in columns]
+    if missing:
+        raise BadRequest(
+            f"the input has no column {missing[0]!r} (columns: {', '.join(columns) or 'none'}); "
+            "name the text column with --field"
+        )
+    return names
+
+
+def output(record: Record, result: Any, error: BerthingError | None) -> dict[str, Any]:
+    """A JSONL result record: the input's fields, then the prediction or the error."""
+    keep = record.keep or {}
+    return {**keep, "error": error.to_dict()} if error else {**keep, "prediction": result}
+
+
+class Sink(Protocol):
+    """Where run() puts each record's result, in input order: a Writer, or a collector (berthing.ray.data)."""
+
+    def write(self, record: Record, result: Any, error: BerthingError | None) -> None: ...
 
 
 class Writer:
@@ -149,16 +201,15 @@ class Writer:
     def write(self, record: Record, result: Any, error: BerthingError | None) -> None:
         keep = record.keep or {}
         if self.fmt == "jsonl":
-            out = {**keep, "error": error.to_dict()} if error else {**keep, "prediction": result}
-            self.stream.write(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+            self.stream.write(dumps(output(record, result, error)) + "\n")
             return
         row = dict(keep)
         if error is not None:
             row["error"] = error.message
         elif isinstance(result, dict):  # {label, score, scores}, {answer, score, start, end}: a column per key
-            row.update({k: v if not isinstance(v, dict | list) else _json(v) for k, v in result.items()})
+            row.update({k: v if not isinstance(v, dict | list) else dumps(v) for k, v in result.items()})
         else:
-            row["prediction"] = _json(result)
+            row["prediction"] = dumps(result)
         if self.csv is None:
             self.fields = [*keep, *[k for k in row if k not in keep], "error"]
             self.fields = list(dict.fromkeys(self.fields))
@@ -168,7 +219,8 @@ class Writer:
         self.csv.writerow(row)
 
 
-def _json(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """JSON as every berthing output writes it (orjson; numpy arrays and scalars as numbers)."""
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
@@ -187,7 +239,7 @@ class Summary:
 async def run(
     model: Model,
     records: Iterator[Record],
-    writer: Writer,
+    writer: Sink,
     progress: Callable[[int], None] | None = None,
     window: int = WINDOW,
     summary: Summary | None = None,
@@ -233,6 +285,40 @@ async def run(
         summary.seconds = time.perf_counter() - started
     await model.stop()
     return summary
+
+
+def load(model: str, settings: Settings) -> Model:
+    """The model that `berthing predict MODEL` names, loaded with its settings: in the CLI, and in each Ray Data actor."""
+    from berthing.loading import load_model
+    from berthing.packaging.sources import resolve
+
+    source = resolve(None if model in ("default", "") else model, settings.cache_dir)
+    return load_model(source, settings.load_options(source.name))
+
+
+@contextmanager
+def progress(console: Console, name: str, label: str, total: int | None, log_every_s: float) -> Iterator[Callable[[int], None]]:
+    """A step(n) function that moves a rich bar on a terminal; without one (logs), a line every `log_every_s`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} items/s"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    started = time.perf_counter()
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        job = bar.add_task(label, total=total, rate="-")
+        logged = [started]
+
+        def step(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            now = time.perf_counter()
+            rate = done / (now - started) if now > started else 0.0
+            bar.update(job, advance=n, rate=f"{rate:.0f}")
+            if not console.is_terminal and now - logged[0] >= log_every_s:  # logs get a line, not a bar
+                logged[0] = now
+                left = f", eta {(total - done) / rate:.0f} s" if total and rate else ""
+                console.print(f"{name}: {done}{f'/{total}' if total else ''} lines, {rate:.0f} items/s{left}")
+
+        yield step
 
 
 def count_lines(path: Path) -> int:
