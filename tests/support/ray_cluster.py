@@ -66,3 +66,22 @@ def ray_cluster() -> Iterator[RayCluster]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+
+
+@contextmanager
+def deployed(settings: Any, models: dict[str, Any], default: str | None = None, **scaling: Any) -> Iterator[list[Any]]:
+    """Deploy {name: source} as berthing's Serve applications (as `berthing ray serve` plans them), side by side;
+    remove them on exit so the next test has the cluster's CPUs. Yields the plans (name, route_prefix, args)."""
+    from ray import serve
+
+    from berthing.ray.plan import plan
+    from berthing.ray.serve_app import build
+
+    wanted = settings.model_copy(update={"models": [f"{n}={p}" for n, p in models.items()], "default_model": default})
+    plans = plan(wanted, scaling)
+    try:
+        serve.run_many([serve.RunTarget(build(p.args), name=p.name, route_prefix=p.route_prefix) for p in plans])
+        yield plans
+    finally:
+        for p in plans:
+            serve.delete(p.name)

@@ -16,11 +16,11 @@ from berthing.names import check_name
 from berthing.packaging.sources import DEFAULT_MODEL_NAME
 
 # Settings that mean nothing inside a replica: Ray's proxy owns the address, Ray's config is the management API,
-# and the own-port listeners (gRPC, ZeroMQ) would collide between replicas of one node.
+# the own-port listeners (gRPC, ZeroMQ) would collide between replicas of one node, and a replica holds one model.
 NOT_FOR_REPLICAS = {
     "models", "host", "port", "workers", "threads", "lanes", "management_host", "management_port", "management_token",
     "management_token_file", "management_auth", "metrics_host", "metrics_port", "grpc_host", "grpc_port",
-    "bert_serving_host", "bert_serving_port", "bert_serving_port_out", "default_workers", "config_file",
+    "bert_serving_host", "bert_serving_port", "bert_serving_port_out", "default_workers", "config_file", "default_model",
 }
 DEPLOYMENT = "berthing"  # the deployment's name inside each model's application
 
