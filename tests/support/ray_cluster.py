@@ -24,6 +24,9 @@ RAY_ENV = {
     "RAY_AUTH_MODE": "token",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node addresses stay 127.0.0.1 (see the module's docstring)
     "RAY_DEDUP_LOGS": "0",
+    # autoscaling decides on metrics pushed every 10 s by default; the autoscaling test sets short delays and needs these
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
 
 
@@ -59,7 +62,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield RayCluster(cluster, cluster.address, port, cluster.head_node.unique_id, worker.unique_id)
+        yield RayCluster(cluster, cluster.address, port, cluster.head_node.node_id, worker.node_id)
     finally:
         try:
             serve.shutdown()
@@ -85,3 +88,24 @@ def deployed(settings: Any, models: dict[str, Any], default: str | None = None, 
     finally:
         for p in plans:
             serve.delete(p.name)
+
+
+def replica_states(app: str) -> dict[str, int]:
+    """How many replicas of the application's deployment are in each state (RUNNING, STARTING, STOPPING...)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return {}
+    return {str(k): v for k, v in status.deployments["berthing"].replica_states.items()}
+
+
+def replicas(app: str, handle: Any, want: int, tries: int = 200) -> dict[int, dict[str, Any]]:
+    """replica_info of each of `want` replicas, by pid, asking through the handle until each has answered (bounded)."""
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        info = handle.replica_info.remote().result(timeout_s=30)
+        seen[info["pid"]] = info
+        if len(seen) >= want:
+            break
+    return seen

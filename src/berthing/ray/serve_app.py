@@ -57,12 +57,16 @@ class _Replica:
         """Which process and node answered, with the models it holds: for operators and for tests that kill one."""
         import ray
 
-        registry = _REPLICA.get("registry")
+        registry, app = _REPLICA.get("registry"), _REPLICA.get("app")
+        answered = 0.0
+        if app is not None:  # berthing_requests_total over every label: what this replica answered over HTTP
+            answered = sum(s.value for f in app.state.metrics.requests.collect() for s in f.samples if s.name.endswith("_total"))
         return {
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "replica": serve.get_replica_context().replica_tag,
             "models": registry.names() if registry is not None else [],
+            "requests": int(answered),
         }
 
     def check_health(self) -> None:
