@@ -31,6 +31,8 @@ def _builder(settings: dict[str, Any]) -> Callable[[], Any]:
 
 def _build_app(settings: dict[str, Any]) -> Any:
     """Load the model and make the ASGI app, in the replica's process."""
+    # the tokenizer's thread pool: the replica's CPUs, not the node's (replicas on one node would oversubscribe it)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(settings.get("threads", 1)))
     from rich.console import Console
 
     from berthing.config import Settings
