@@ -332,6 +332,9 @@ def count_lines(path: Path) -> int:
 
 def open_input(path: str) -> IO[str]:
     """The input file, or stdin for '-', as UTF-8 text (a BOM is skipped)."""
-    if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
-    return Path(path).open(encoding="utf-8-sig", newline="")
+    return text_stream(sys.stdin.buffer if path == "-" else Path(path).open("rb"))
+
+
+def text_stream(binary: IO[bytes] | Any) -> IO[str]:
+    """Bytes as the lines every reader splits alike: UTF-8 with a BOM skipped, newlines kept for numbered_lines."""
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")

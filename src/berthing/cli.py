@@ -361,23 +361,39 @@ def predict(
     max_batch_tokens: Annotated[int | None, typer.Option(help=_help("max_batch_tokens"))] = None,
     optimize: Annotated[str | None, typer.Option(help=_help("optimize"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+    on_ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Data: an actor pool, inputs and outputs local or s3:// (docs/ray-data.md).")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="--ray: the cluster to join (ray.init address; default: start a local one).")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="--ray: actors, each holding the model once.")] = 2,
+    cpus_per_actor: Annotated[
+        float, typer.Option(min=0.01, help="--ray: CPUs each actor reserves; ONNX Runtime gets as many threads (at least 1).")
+    ] = 1.0,
+    preserve_order: Annotated[
+        bool | None,
+        typer.Option("--preserve-order/--no-preserve-order", help="--ray: results in input order (default: on for one file)."),
+    ] = None,
 ) -> None:
     """Predict every line of a file through the same engine and batcher as the server; results in input order.
 
     Each line is one request, as a POST /predictions body would be (JSONL objects, a text per line, a CSV row);
     a line that fails gets an error record and the run goes on. Ctrl-C stops cleanly with what is done written.
+    With --ray, the same parsing and results on Ray Data, also from and to Parquet, directories and s3://.
     """
     import asyncio
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from berthing import batch
-    from berthing.loading import load_model
-    from berthing.packaging.sources import resolve
 
     settings = _settings(task=task, runtime=runtime, threads=threads, max_batch_tokens=max_batch_tokens, optimize=optimize,
                          cache_dir=cache_dir)
+    if on_ray:
+        from berthing.ray.data import Job, predict_command
+
+        job = Job(model, input_path, output, input_format, output_format, text_field, actors, cpus_per_actor, preserve_order,
+                  address)
+        raise typer.Exit(predict_command(job, settings, console, _LOG_EVERY_S))
     in_path = None if input_path == "-" else Path(input_path)
     out_path = None if output == "-" else Path(output)
     try:
@@ -388,8 +404,7 @@ def predict(
         if fmt_out == "txt":
             raise BerthingError("results are structured: write them as jsonl, csv or tsv (-o FILE.jsonl)")
         with console.status(f"loading {model}"):
-            source = resolve(None if model in ("default", "") else model, settings.cache_dir)
-            loaded = load_model(source, settings.load_options(source.name))
+            loaded = batch.load(model, settings)
         total = batch.count_lines(in_path) if in_path is not None else None
         stream = batch.open_input(input_path)
         reader = batch.Reader(stream, fmt_in, loaded, text_field, settings.max_items)
@@ -397,26 +412,9 @@ def predict(
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from None
     out = sys.stdout if out_path is None else out_path.open("w", encoding="utf-8", newline="")
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} items/s"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    started = time.perf_counter()
     summary = batch.Summary()
     try:
-        with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-            job = bar.add_task(f"{loaded.name} ({loaded.spec.task})", total=total, rate="-")
-
-            logged = [started]
-
-            def step(n: int) -> None:
-                done = bar.tasks[0].completed + n
-                now = time.perf_counter()
-                rate = done / (now - started) if now > started else 0.0
-                bar.update(job, advance=n, rate=f"{rate:.0f}")
-                if not console.is_terminal and now - logged[0] >= _LOG_EVERY_S:  # logs get a line, not a bar
-                    logged[0] = now
-                    left = f", eta {(total - done) / rate:.0f} s" if total and rate else ""
-                    console.print(f"{loaded.name}: {done}{f'/{total}' if total else ''} lines, {rate:.0f} items/s{left}")
-
+        with batch.progress(console, loaded.name, f"{loaded.name} ({loaded.spec.task})", total, _LOG_EVERY_S) as step:
             asyncio.run(batch.run(loaded, iter(reader), batch.Writer(out, fmt_out), step, summary=summary))
     except KeyboardInterrupt:
         summary.interrupted = True
