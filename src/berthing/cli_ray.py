@@ -34,6 +34,9 @@ Token = Annotated[str | None, typer.Option(help="Bearer token for inference rout
 Default = Annotated[str | None, typer.Option(help="Model routed at '/' (default: the first); others are at /NAME.")]
 Task = Annotated[str | None, typer.Option(help="Force the task instead of detecting it.")]
 Optimize = Annotated[str | None, typer.Option(help="auto, none, fused or int8 (a checkpoint's ONNX graph).")]
+Multiplex = Annotated[
+    int, typer.Option(help="Serve every model from one application, a replica holding at most N (loaded on first use).")
+]
 Protocols = Annotated[list[str] | None, typer.Option("--protocols", help="Wire protocols served (all; all,-NAME).")]
 
 
@@ -71,6 +74,7 @@ def serve_command(
     target_ongoing_requests: TargetOngoing = 32,
     max_queued_requests: MaxQueued = 1024,
     overload_status: OverloadStatus = 503,
+    multiplex: Multiplex = 0,
     default_model: Default = None,
     inference_token: Token = None,
     task: Task = None,
@@ -92,7 +96,7 @@ def serve_command(
              "protocols": protocols, "config_file": config}
     scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
                "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
-               "overload_status": overload_status}
+               "overload_status": overload_status, "multiplex": multiplex}
     plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
 
     from berthing.ray.cluster import connect, deploy, disconnect
@@ -104,7 +108,8 @@ def serve_command(
         disconnect(plans, started, console)
         raise
     for p in plans:
-        console.print(f"[green]✓[/] {p.name}: {url}{p.route_prefix.rstrip('/')}/predictions/{p.name} ({_scale_line(p.args)})")
+        for name in p.args.sources() or [p.name]:
+            console.print(f"[green]✓[/] {name}: {url}{p.route_prefix.rstrip('/')}/predictions/{name} ({_scale_line(p.args)})")
     if detach:
         console.print("deployed; `serve status` shows them, `serve delete NAME` removes one (docs/ray.md)")
         return
@@ -124,6 +129,8 @@ def _interrupt(*_: object) -> None:
 
 
 def _scale_line(args: Any) -> str:
+    if args.multiplex:
+        return f"multiplexed: at most {args.multiplex} models per replica, {args.replicas or args.autoscale or 1} replica(s)"
     if args.autoscale:
         return f"autoscaling {args.autoscale} replicas, {args.cpus:g} CPU each"
     return f"{args.replicas or 1} replica(s), {args.cpus:g} CPU each"
@@ -142,6 +149,7 @@ def config_command(
     target_ongoing_requests: TargetOngoing = 32,
     max_queued_requests: MaxQueued = 1024,
     overload_status: OverloadStatus = 503,
+    multiplex: Multiplex = 0,
     default_model: Default = None,
     task: Task = None,
     optimize: Optimize = None,
@@ -159,7 +167,7 @@ def config_command(
     flags = {"default_model": default_model, "task": task, "optimize": optimize, "protocols": protocols, "config_file": config}
     scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
                "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
-               "overload_status": overload_status}
+               "overload_status": overload_status, "multiplex": multiplex}
     plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
     text = yaml.safe_dump(serve_config(plans, host, port), sort_keys=False, allow_unicode=True)
     if output is None:

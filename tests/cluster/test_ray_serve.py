@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from tests.support.http import clone
+from tests.support.http import assert_same, clone
 from tests.support.ray_cluster import RayCluster, deployed
 from tests.support.servers import ThreadServer
 from tests.support.texts import RERANK_DOCS, RERANK_QUERY
@@ -50,24 +50,6 @@ def reference(load, settings: Settings) -> Iterator[str]:
 
 def _prefix(kind: str) -> str:
     return "" if kind == "embed" else f"/{kind}"
-
-
-def assert_same(got: Any, want: Any, where: str = "") -> None:
-    """Equal structure and labels; numbers equal to 1e-5 (the same ONNX model on the same CPU)."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), where
-        for key in want:
-            assert_same(got[key], want[key], f"{where}.{key}")
-    elif isinstance(want, list) and want and isinstance(want[0], int | float) and not isinstance(want[0], bool):
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), atol=1e-5, err_msg=where)
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert_same(g, w, f"{where}[{i}]")
-    elif isinstance(want, float):
-        assert got == pytest.approx(want, abs=1e-5), where
-    else:
-        assert got == want, where
 
 
 @pytest.mark.parametrize("kind", KINDS)

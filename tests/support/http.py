@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from berthing.engine.model import Model
@@ -55,3 +57,21 @@ def torchserve_answer(url: str, model: str, body: Any) -> Any:
     response = httpx.post(f"{url}/predictions/{model}", json=body, timeout=WAIT_S)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def assert_same(got: Any, want: Any, where: str = "") -> None:
+    """Equal structure and labels; numbers equal to 1e-5 (the same ONNX model on the same CPU)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list) and want and isinstance(want[0], int | float) and not isinstance(want[0], bool):
+        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), atol=1e-5, err_msg=where)
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-5), where
+    else:
+        assert got == want, where

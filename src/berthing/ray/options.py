@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from berthing.names import check_name
 from berthing.packaging.sources import DEFAULT_MODEL_NAME
@@ -23,6 +23,7 @@ NOT_FOR_REPLICAS = {
     "bert_serving_host", "bert_serving_port", "bert_serving_port_out", "default_workers", "config_file", "default_model",
 }
 DEPLOYMENT = "berthing"  # the deployment's name inside each model's application
+MULTIPLEXED_APP = "berthing"  # the one application of --multiplex
 
 
 class ServeArgs(BaseModel):
@@ -31,6 +32,12 @@ class ServeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="NAME=SOURCE or SOURCE, as `berthing serve` takes it; none = minilm.")
+    models: list[str] = Field(
+        default_factory=list, description="With multiplex: every model the application serves (NAME=SOURCE or SOURCE)."
+    )
+    multiplex: int = Field(
+        0, ge=0, description="Serve `models` from one application, each replica holding at most this many (0 = off)."
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict, description="berthing settings by name (the TOML keys: max_batch_tokens, optimize, ...)."
     )
@@ -63,6 +70,17 @@ class ServeArgs(BaseModel):
             scale_range(value)
         return value
 
+    @model_validator(mode="after")
+    def _check_multiplex(self) -> ServeArgs:
+        if self.multiplex and (self.model or not self.models):
+            raise ValueError("multiplex serves `models` (a list), not `model`")
+        if self.models and not self.multiplex:
+            raise ValueError("`models` is for multiplex; without it give one `model` per application")
+        names = [model_name(spec) for spec in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two models share a name ({', '.join(names)}): name them, NAME=SOURCE")
+        return self
+
     @field_validator("settings")
     @classmethod
     def _check_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +96,12 @@ class ServeArgs(BaseModel):
         return max(1, math.floor(self.cpus))
 
     def name(self) -> str:
-        """The model's name, which is also its Serve application's name."""
-        return model_name(self.model)
+        """The model's name, which is also its Serve application's name (a multiplexed one is 'berthing')."""
+        return MULTIPLEXED_APP if self.multiplex else model_name(self.model)
+
+    def sources(self) -> dict[str, str]:
+        """Multiplexed models by name, each NAME=SOURCE with local paths made absolute."""
+        return {model_name(spec): f"{model_name(spec)}={_source(absolute_source(spec))}" for spec in self.models}
 
 
 def scale_range(text: str) -> tuple[int, int]:
@@ -122,6 +144,11 @@ def absolute_source(spec: str | None) -> str | None:
     if source and Path(source).exists():
         source = str(Path(source).resolve())
     return f"{name}={source}" if name else source
+
+
+def _source(spec: str | None) -> str:
+    name, sep, source = (spec or "").partition("=")
+    return source if sep else name
 
 
 def deployment_options(args: ServeArgs) -> dict[str, Any]:

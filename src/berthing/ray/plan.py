@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from berthing.config import Settings
+from berthing.packaging.sources import DEFAULT_MODEL_NAME
 from berthing.ray.options import NOT_FOR_REPLICAS, ServeArgs, absolute_source
 from berthing.server.runner import model_specs
 from berthing.types import BadRequest
@@ -38,6 +39,10 @@ def given_settings(settings: Settings) -> dict[str, Any]:
 def plan(settings: Settings, scaling: dict[str, Any]) -> list[AppPlan]:
     """An application per model of `settings.models` (the default model when none), with `scaling` (ServeArgs fields)."""
     shared = given_settings(settings)
+    if scaling.get("multiplex"):  # one application for them all, at "/": replicas load what requests name
+        specs = [absolute_source(spec) or DEFAULT_MODEL_NAME for spec in model_specs(settings)]
+        args = ServeArgs(models=specs, settings=shared, **scaling)
+        return [AppPlan(args.name(), "/", args)]
     plans: list[AppPlan] = []
     for spec in model_specs(settings):
         args = ServeArgs(model=absolute_source(spec), settings=shared, **scaling)

@@ -20,39 +20,53 @@ from berthing.ray.options import ServeArgs, deployment_options, replica_settings
 _REPLICA: dict[str, Any] = {}
 
 
-def _builder(settings: dict[str, Any]) -> Callable[[], Any]:
-    """A function Ray calls with no arguments on the replica; only `settings` (plain values) is pickled."""
+def _builder(settings: dict[str, Any], multiplexed: dict[str, str] | None) -> Callable[[], Any]:
+    """A function Ray calls with no arguments on the replica; only plain values are pickled."""
 
     def build() -> Any:
-        return _build_app(settings)  # a module function: cloudpickle sends it by reference, so _REPLICA is the real one
+        return _build_app(settings, multiplexed)  # a module function: sent by reference, so _REPLICA is the real one
 
     return build
 
 
-def _build_app(settings: dict[str, Any]) -> Any:
-    """Load the model and make the ASGI app, in the replica's process."""
+def _build_app(settings: dict[str, Any], multiplexed: dict[str, str] | None = None) -> Any:
+    """Load the model and make the ASGI app, in the replica's process; multiplexed models load on first use instead."""
     # the tokenizer's thread pool: the replica's CPUs, not the node's (replicas on one node would oversubscribe it)
     os.environ.setdefault("RAYON_NUM_THREADS", str(settings.get("threads", 1)))
     from rich.console import Console
 
     from berthing.config import Settings
+    from berthing.registry import Registry
     from berthing.server.app import create_app
     from berthing.server.runner import load_registry
 
     values = Settings(**settings)
-    registry = load_registry(values, Console(stderr=True, soft_wrap=True))
+    registry = Registry() if multiplexed else load_registry(values, Console(stderr=True, soft_wrap=True))
     app = create_app(registry, values, own_ports=False)
     _REPLICA["app"] = app
     _REPLICA["registry"] = registry
-    return app
+    if not multiplexed:
+        return app
+    from berthing.ray.multiplex import MultiplexApp, Multiplexer
+
+    _REPLICA["multiplexer"] = Multiplexer(multiplexed, values, registry, app.state.metrics)
+    return MultiplexApp(app, set(multiplexed), _REPLICA["instance"].get_model, values.max_body_bytes)
 
 
 class _Replica:
     """Methods a DeploymentHandle calls on a replica, besides HTTP (which the ingress app answers)."""
 
+    def __init__(self) -> None:
+        _REPLICA["instance"] = self  # the multiplexed app loads models through this instance's get_model
+
     async def infer(self, inputs: list[Any], options: dict[str, Any] | None = None, model: str | None = None) -> list[Any]:
         """Results for parsed inputs (texts, pairs, {question, context}) through the replica's batcher: the path for
         Python callers inside the cluster, without Ray's HTTP proxy or JSON."""
+        if "multiplexer" in _REPLICA:  # handle.options(multiplexed_model_id=NAME) routes to a replica holding it
+            model = model or serve.get_multiplexed_model_id()
+            if not model:
+                raise ValueError("a multiplexed application needs the model: infer(..., model=NAME)")
+            await self.get_model(model)  # type: ignore[attr-defined]
         return await _model(model).infer(list(inputs), dict(options or {}))
 
     def replica_info(self) -> dict[str, Any]:
@@ -81,6 +95,13 @@ class _Replica:
                 raise RuntimeError(f"model {model.name!r}: its batcher stopped")
 
 
+async def get_model(self: Any, name: str) -> Any:
+    """Ray's multiplexed loader: the model loaded into this replica's registry (Ray evicts the least recently used).
+
+    Named as the class attribute it becomes: Ray tells a method from a function by that name."""
+    return await _REPLICA["multiplexer"].load(name)
+
+
 def _model(name: str | None) -> Any:
     registry = _REPLICA.get("registry")
     if registry is None:
@@ -91,7 +112,10 @@ def _model(name: str | None) -> Any:
 def build(args: ServeArgs | dict[str, Any]) -> Application:
     """The Serve application of one model: a deployment of berthing's ASGI app, with options set for this workload."""
     args = args if isinstance(args, ServeArgs) else ServeArgs.model_validate(args)
-    ingress = serve.ingress(_builder(replica_settings(args)))
-    replica = type("BerthingReplica", (_Replica,), {"__module__": __name__, "__doc__": _Replica.__doc__})
+    ingress = serve.ingress(_builder(replica_settings(args), args.sources() if args.multiplex else None))
+    members: dict[str, Any] = {"__module__": __name__, "__doc__": _Replica.__doc__}
+    if args.multiplex:
+        members["get_model"] = serve.multiplexed(max_num_models_per_replica=args.multiplex)(get_model)
+    replica = type("BerthingReplica", (_Replica,), members)
     deployment = serve.deployment(ingress(replica), **deployment_options(args))
     return deployment.bind()
