@@ -394,6 +394,9 @@ def predict(
         job = Job(model, input_path, output, input_format, output_format, text_field, actors, cpus_per_actor, preserve_order,
                   address)
         raise typer.Exit(predict_command(job, settings, console, _LOG_EVERY_S))
+    if address is not None or preserve_order is not None or actors != 2 or cpus_per_actor != 1.0:
+        console.print("[red]error:[/] --address, --actors, --cpus-per-actor and --preserve-order go with --ray")
+        raise typer.Exit(2)
     in_path = None if input_path == "-" else Path(input_path)
     out_path = None if output == "-" else Path(output)
     try:

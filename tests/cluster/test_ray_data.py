@@ -148,3 +148,4 @@ def test_missing_input_and_wrong_column_are_clear_errors(cluster, classifier, se
     status, said = _run(cluster, settings, spec, tmp_path / "in.csv", tmp_path / "out.jsonl")
     assert status == 1
     assert "error: the input has no column 'text' (columns: id, review); name the text column with --field" in said
+    assert not (tmp_path / "out.jsonl").exists()

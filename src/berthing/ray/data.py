@@ -10,7 +10,6 @@ carrying its input "line" to be joined back.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import os
@@ -100,12 +99,14 @@ def plan(job: Job) -> Plan:
         fmt_in = "txt"  # a file with no known suffix holds a text per line, as on one machine
     if fmt_in is None:
         raise BerthingError(f"name the format of {job.input} with --format ({', '.join(FORMATS_IN)})")
-    out_suffix = None if _remote(job.output) or job.output == "-" else _suffix_format(job.output)
-    directory = _remote(job.output) or job.output.endswith(("/", os.sep)) or Path(job.output).is_dir()
-    directory = directory or (job.output != "-" and out_suffix is None)
-    fmt_out = job.output_format or (out_suffix if not directory else None) or _suffix_format(job.output) or "jsonl"
+    fmt_out = job.output_format or _suffix_format(job.output) or "jsonl"
     if fmt_out not in FORMATS_OUT or (job.output == "-" and fmt_out != "jsonl"):
         raise BerthingError(f"--ray writes jsonl or parquet files, or a directory of them, not {fmt_out} (-o FILE.jsonl)")
+    # A directory (or s3:// prefix) unless the output is stdout or a file named .jsonl/.parquet
+    directory = job.output != "-" and (
+        _remote(job.output) or job.output.endswith(("/", os.sep)) or Path(job.output).is_dir()
+        or _suffix_format(job.output) is None
+    )
     if directory and not _remote(job.output) and Path(job.output).is_dir() and any(Path(job.output).iterdir()):
         raise BerthingError(f"output directory {job.output} is not empty: Ray's writers would add files to what is there")
     total = None
@@ -124,6 +125,10 @@ class LinesDatasource(FileBasedDatasource):
     def __init__(self, paths: str | list[str], fmt: str, **kwargs: Any) -> None:
         super().__init__(paths, **kwargs)
         self.fmt = fmt
+
+    def files(self) -> list[str]:
+        """The files found under the input path(s)."""
+        return self._paths()
 
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
         if self.fmt == "parquet":  # Parquet needs random access (its footer comes first)
@@ -276,16 +281,16 @@ def dataset(job: Job, plan: Plan, settings: Settings) -> ray.data.Dataset:
     context.enable_progress_bars = not plan.single  # one file: berthing's bar; a directory: Ray's, while it writes
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # not its INFO lines about each execution
     log_once("ray_data_progress_manager_disabled")  # nor its warning that the bars it would draw are off
-    many = plan.fmt_in != "parquet" and not (_remote(plan.source) or Path(plan.source).is_file())
-    mode = "json" if plan.single and plan.fmt_out == "jsonl" else "rows"
+    source = LinesDatasource(plan.source, plan.fmt_in)
+    with_line = not (plan.single and plan.ordered)
     args = {
         "model": absolute_source(job.model) or "default", "settings": actor_settings(settings, job.cpus_per_actor),
-        "fmt": plan.fmt_in, "text_field": job.text_field, "mode": mode,
-        "with_line": not (plan.single and plan.ordered), "with_file": not plan.single and many,
+        "fmt": plan.fmt_in, "text_field": job.text_field, "mode": "json" if plan.single and plan.fmt_out == "jsonl" else "rows",
+        "with_line": with_line, "with_file": with_line and len(source.files()) > 1,  # line numbers are per file
     }
     # Reading reserves no CPU: it is light next to the model, and actors that hold every CPU would otherwise wait for
     # lines that no read task can be scheduled to give them.
-    read = ray.data.read_datasource(LinesDatasource(plan.source, plan.fmt_in), num_cpus=0)
+    read = ray.data.read_datasource(source, num_cpus=0)
     return read.map_batches(
         Predictor, fn_constructor_kwargs=args, batch_size=BATCH_LINES, batch_format="pyarrow",
         compute=ActorPoolStrategy(size=job.actors), num_cpus=job.cpus_per_actor, udf_modifying_row_count=False,
@@ -304,15 +309,17 @@ def check_room(job: Job, console: Console) -> None:
 
 def write_file(data: ray.data.Dataset, plan: Plan, summary: batch.Summary, step: Any) -> None:
     """One output file from the driver: JSONL lines as they arrive (byte for byte the single-machine file when in
-    order), or one Parquet file at the end (its schema is every block's, unified)."""
+    order), or one Parquet file at the end (its schema is every block's, unified). Nothing is created before the
+    first results, so a run that fails at once (a wrong CSV column) leaves no file."""
     import sys
 
     parts: list[pa.Table] = []
-    out = sys.stdout if plan.target == "-" else None
-    stream = out or (open(plan.target, "w", encoding="utf-8", newline="") if plan.fmt_out == "jsonl" else io.StringIO())
+    stream: Any = None
     try:
         for part in data.iter_batches(batch_size=None, batch_format="pyarrow"):
             if plan.fmt_out == "jsonl":
+                if stream is None:
+                    stream = sys.stdout if plan.target == "-" else open(plan.target, "w", encoding="utf-8", newline="")
                 stream.write("".join(line + "\n" for line in part.column(OUT).to_pylist()))
                 errors = part.column(FAILED).to_pylist().count(True)
             else:
@@ -322,12 +329,14 @@ def write_file(data: ray.data.Dataset, plan: Plan, summary: batch.Summary, step:
             summary.errors += errors
             step(part.num_rows)
         if plan.fmt_out == "parquet":
-            table = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
-            pq.write_table(table, plan.target)
+            pq.write_table(pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({}), plan.target)
+        elif stream is None and plan.target != "-":
+            Path(plan.target).write_text("", encoding="utf-8")  # no lines in: an empty file out, as on one machine
     finally:
-        stream.flush()
-        if stream is not out:
-            stream.close()
+        if stream is not None:
+            stream.flush()
+            if stream is not sys.stdout:
+                stream.close()
 
 
 def predict_command(job: Job, settings: Settings, console: Console, log_every_s: float) -> int:
