@@ -69,6 +69,11 @@ def test_models_load_on_first_use_and_the_least_recent_is_unloaded(
         unknown = httpx.post(f"{url}/predictions/nobody", json={"input": "x"}, timeout=60)
         assert unknown.status_code == 404 and unknown.json()["message"].startswith("model 'nobody' not found")
 
+        import berthing
+
+        with berthing.Client(url) as client:  # the SDK names the model in Ray's header for every prediction
+            np.testing.assert_allclose(client.embed(TEXTS, model="embed"), np.asarray(want), atol=1e-5)
+
         handle = serve.get_app_handle("berthing").options(multiplexed_model_id="embed")
         got = handle.infer.remote(TEXTS).result(timeout_s=60)
         np.testing.assert_allclose(np.stack(got), np.asarray(want), atol=1e-5)

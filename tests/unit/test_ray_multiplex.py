@@ -75,3 +75,13 @@ def test_multiplex_args() -> None:
         ServeArgs(models=["a=/x"])
     with pytest.raises(ValidationError, match="share a name"):
         ServeArgs(models=["a=/x", "a=/y"], multiplex=2)
+
+
+def test_the_sdk_names_the_model_in_rays_header() -> None:
+    from berthing.client._common import Call, ClientBase
+
+    base = ClientBase("http://h:1", None, "tok", None, None, 0, 0.1, 1.0, 64, 4)
+    url, headers = base._target(Call("POST", "/predictions/bge/2.0", {}))
+    assert url == "http://h:1/predictions/bge/2.0"
+    assert headers == {"authorization": "Bearer tok", "serve_multiplexed_model_id": "bge"}
+    assert base._target(Call("POST", "/v1/embeddings", {}))[1] == {"authorization": "Bearer tok"}

@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -23,6 +23,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 MANAGEMENT_PORT = 8081  # berthing's (and TorchServe's) default management port
 RETRY_STATUSES = (429, 503)  # the server did not run the request: always safe to send again
 GATEWAY_STATUSES = (502, 504)  # a proxy's: retried for idempotent calls only
+RAY_MODEL_HEADER = "serve_multiplexed_model_id"  # on Ray Serve with --multiplex: routes to a replica holding the model
 
 Texts = str | TextPair | dict[str, str] | Sequence[str | tuple[str, str] | TextPair | dict[str, str]]
 
@@ -100,6 +101,8 @@ class ClientBase:
         """The call's full URL and headers: the management API's or the inference API's."""
         if call.management:
             return self.management_url + call.path, self._headers[1]
+        if call.path.startswith("/predictions/"):  # a plain berthing server ignores the header; Ray's router reads it
+            return self.url + call.path, {**self._headers[0], RAY_MODEL_HEADER: unquote(call.path.split("/")[2])}
         return self.url + call.path, self._headers[0]
 
 
