@@ -16,8 +16,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ray)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[RayCluster]:
-    """The cluster, started once per run (about 10 s) and shut down through its own handles at the end."""
+    """The cluster, started once for tests/cluster (about 10 s) and shut down through its own handles after them, so
+    the rest of the run does not share the CPUs with an idle cluster."""
     with ray_cluster() as running:
         yield running
