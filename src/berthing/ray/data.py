@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -139,7 +139,8 @@ class LinesDatasource(FileBasedDatasource):
         if self.fmt == "parquet":
             start = 1
             for part in pq.ParquetFile(f).iter_batches(batch_size=BLOCK_LINES):
-                yield _numbered(pa.Table.from_batches([part]), range(start, start + part.num_rows), path)
+                numbers = list(range(start, start + part.num_rows))
+                yield _numbered(dict(zip(part.schema.names, part.columns, strict=True)), numbers, path)
                 start += part.num_rows
             return
         text = batch.text_stream(f)
@@ -148,19 +149,15 @@ class LinesDatasource(FileBasedDatasource):
             columns = list(reader.fieldnames or [])  # values stay strings, as csv.DictReader gives them
             for chunk in _chunks(batch.numbered_rows(reader), BLOCK_LINES):
                 rows = {c: pa.array([row.get(c) for _, row in chunk], pa.string()) for c in columns}
-                yield _numbered(pa.table(rows) if rows else pa.table({}), [n for n, _ in chunk], path)
+                yield _numbered(rows, [n for n, _ in chunk], path)
             return
         for chunk in _chunks(batch.numbered_lines(text), BLOCK_LINES):
-            yield _numbered(pa.table({RAW: pa.array([line for _, line in chunk], pa.string())}), [n for n, _ in chunk], path)
+            yield _numbered({RAW: pa.array([line for _, line in chunk], pa.string())}, [n for n, _ in chunk], path)
 
 
-def _numbered(table: pa.Table, numbers: Iterable[int], path: str) -> pa.Table:
-    numbers = list(numbers)
-    if table.num_columns == 0:
-        table = pa.table({LINE: pa.array(numbers, pa.int64())})
-    else:
-        table = table.append_column(LINE, pa.array(numbers, pa.int64()))
-    return table.append_column(FILE, pa.array([path] * len(numbers), pa.string()))
+def _numbered(columns: dict[str, pa.Array], numbers: list[int], path: str) -> pa.Table:
+    """A block: the rows' columns, each row's line number, and its file (line numbers are per file)."""
+    return pa.table({**columns, LINE: pa.array(numbers, pa.int64()), FILE: pa.array([path] * len(numbers), pa.string())})
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
