@@ -1,11 +1,10 @@
-"""deploy/ray/ (KubeRay's RayService, a plain Serve config) and serverless.yml, checked offline.
+"""deploy/ray/ (KubeRay's RayService, a plain Serve config), checked offline.
 
 Each file is validated against the schema of what reads it: KubeRay's RayService CRD (vendored, tests/fixtures/kuberay),
-Ray Serve's own config models, the Serverless Framework v3's config schema (vendored, tests/fixtures/serverless). Those
-readers drop keys they do not know (the apiserver prunes unknown fields, Ray's pydantic models ignore them), so the
-checks here are strict where they are not: a misspelled key is an error. Then the files are checked against berthing
-itself: ServeArgs takes the applications' args, the Dockerfile's Ray is the manifest's, template.yaml and serverless.yml
-deploy the same function.
+Ray Serve's own config models. Those readers drop keys they do not know (the apiserver prunes unknown fields, Ray's
+pydantic models ignore them), so the checks here are strict where they are not: a misspelled key is an error. Then the
+files are checked against berthing itself: ServeArgs takes the applications' args, the Dockerfile's Ray is the manifest's.
+serverless.yml is checked in test_deploy_serverless.py; the strict schema helpers are in tests/support/schemas.py.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import copy
 import functools
 import json
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -25,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -33,104 +30,16 @@ from packaging.version import Version
 from pydantic import BaseModel, ValidationError
 
 from berthing.ray.options import DEPLOYMENT, ServeArgs, model_name
+from tests.support.schemas import Validator, schema_errors, strict
 
 ROOT = Path(__file__).resolve().parents[2]
 RAYSERVICE = ROOT / "deploy" / "ray" / "rayservice.yaml"
 SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve-config.yaml"
 DOCKERFILE = ROOT / "deploy" / "server" / "Dockerfile"
-SERVERLESS = ROOT / "serverless.yml"
-TEMPLATE = ROOT / "template.yaml"
-FIXTURES = ROOT / "tests" / "fixtures"
 KUBERAY_VERSION = "v1.6.2"
-CRD = FIXTURES / "kuberay" / f"ray.io_rayservices.{KUBERAY_VERSION}.json"
-SERVERLESS_SCHEMA = FIXTURES / "serverless" / "serverless-3.40.0.schema.json"
+CRD = ROOT / "tests" / "fixtures" / "kuberay" / f"ray.io_rayservices.{KUBERAY_VERSION}.json"
 PROXY_DRAINING_S = 30.0  # Ray Serve's RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S default (checked against Ray below)
 MAX_RAYSERVICE_NAME = 47  # KubeRay's MaxRayServiceNameLength: 53 for the RayCluster it makes, less a 6-character suffix
-
-
-# --- JSON schema, strict ---------------------------------------------------------------------------------------------
-
-
-COMBINATORS = ("anyOf", "oneOf", "allOf", "not")
-
-
-def strict(schema: Any, *, branch: bool = False) -> Any:
-    """A copy of a JSON/OpenAPI schema in which every object that lists its `properties` allows no others.
-
-    Left as they are: objects that already say what else they allow (additionalProperties, patternProperties), those
-    Kubernetes keeps unknown fields of (x-kubernetes-preserve-unknown-fields), empty `properties` (a free-form map),
-    and objects combined with anyOf/oneOf/allOf, as a parent or as a branch: there another schema may list the other
-    properties, and closing one would refuse them. OpenAPI's `nullable` becomes JSON schema's null alternative."""
-    if isinstance(schema, list):
-        return [strict(item, branch=branch) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {}
-    for key, value in schema.items():
-        if key in ("properties", "patternProperties", "definitions") and isinstance(value, dict):
-            out[key] = {name: strict(sub) for name, sub in value.items()}  # names, not keywords
-        else:
-            out[key] = strict(value, branch=key in COMBINATORS)
-    if (
-        schema.get("properties")
-        and isinstance(schema["properties"], dict)
-        and "additionalProperties" not in schema
-        and "patternProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-        and not branch
-        and not any(key in schema for key in COMBINATORS)
-    ):
-        out["additionalProperties"] = False
-    if schema.get("nullable") is True:
-        out = {"anyOf": [{"type": "null"}, {k: v for k, v in out.items() if k != "nullable"}]}
-    return out
-
-
-def _list_type(validator: Any, list_type: str, instance: Any, schema: dict[str, Any]) -> Any:
-    """Kubernetes' x-kubernetes-list-type: items of a `set` are unique, items of a `map` unique by their map keys
-    (an omitted key counts as its default, as the apiserver defaults it first: a port's protocol is TCP)."""
-    if not isinstance(instance, list):
-        return
-    if list_type == "set":
-        seen: list[Any] = []
-        for item in instance:
-            if item in seen:
-                yield jsonschema.ValidationError(f"{item!r} is listed twice (x-kubernetes-list-type: set)")
-            seen.append(item)
-    elif list_type == "map":
-        keys = schema.get("x-kubernetes-list-map-keys", [])
-        defaults = schema.get("items", {}).get("properties", {})
-        found: set[tuple[Any, ...]] = set()
-        for item in instance:
-            if isinstance(item, dict):
-                key = tuple(item.get(k, defaults.get(k, {}).get("default")) for k in keys)
-                if key in found:
-                    yield jsonschema.ValidationError(f"two items with {dict(zip(keys, key, strict=True))} (list-map keys)")
-                found.add(key)
-
-
-def _regexp(validator: Any, regexp: str | dict[str, str], instance: Any, schema: dict[str, Any]) -> Any:
-    """The Serverless Framework's `regexp` keyword (ajv-keywords'): "/PATTERN/FLAGS", or {pattern, flags}."""
-    if isinstance(regexp, str):
-        pattern, flags = re.fullmatch(r"/(.*)/([gimuy]*)", regexp, re.DOTALL).groups()  # type: ignore[union-attr]
-    else:
-        pattern, flags = regexp["pattern"], regexp.get("flags") or ""
-    if isinstance(instance, str) and not re.search(pattern, instance, re.IGNORECASE if "i" in flags else 0):
-        yield jsonschema.ValidationError(f"{instance!r} does not match /{pattern}/{flags}")
-
-
-Validator = jsonschema.validators.extend(
-    jsonschema.Draft7Validator, {"x-kubernetes-list-type": _list_type, "regexp": _regexp}
-)
-
-
-def schema_errors(validator: Any, instance: Any) -> list[str]:
-    """Every error, deepest first within a failing anyOf/oneOf, as 'path: message'."""
-    found = []
-    for error in validator.iter_errors(instance):
-        best = jsonschema.exceptions.best_match([error])
-        found.append(f"{best.json_path}: {best.message}")
-    return sorted(found)
 
 
 # --- KubeRay ---------------------------------------------------------------------------------------------------------
@@ -538,175 +447,3 @@ def test_the_serve_config_check_reports_misspelled_keys_at_every_level() -> None
     no_host = copy.deepcopy(base)
     del no_host["http_options"]["host"]
     assert any("http_options.host" in problem for problem in serve_config_problems(no_host))
-
-
-# --- Serverless Framework --------------------------------------------------------------------------------------------
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short tags (!Ref, !If, ...) read as their long forms."""
-
-
-def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-_VARIABLE = re.compile(r"\$\{(\w+):([^}]*)\}")
-
-
-def serverless_config(**params: Any) -> dict[str, Any]:
-    """serverless.yml with its ${param:NAME} variables resolved (the defaults, or `params`), as `serverless` resolves
-    them before it validates; any other variable source would need resolving here first."""
-    config = yaml.safe_load(SERVERLESS.read_text("utf-8"))
-    values = {**config.get("params", {}).get("default", {}), **params}
-
-    def value(match: re.Match[str]) -> Any:
-        source, name = match.group(1), match.group(2).strip()
-        assert source == "param", f"this test resolves ${{param:...}} only, not {match.group(0)}"
-        return values[name]
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: resolve(item) for key, item in node.items() if item is not None}  # serverless drops nulls
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        if isinstance(node, str):
-            whole = _VARIABLE.fullmatch(node)
-            return value(whole) if whole else _VARIABLE.sub(lambda m: str(value(m)), node)
-        return node
-
-    return resolve(config)
-
-
-@functools.cache
-def serverless_validator() -> Any:
-    schema = json.loads(SERVERLESS_SCHEMA.read_text("utf-8"))
-    Validator.check_schema(schema)
-    return Validator(strict(schema))
-
-
-def template() -> dict[str, Any]:
-    return yaml.load(TEMPLATE.read_text("utf-8"), Loader=_CfnLoader)  # a SafeLoader subclass
-
-
-def test_serverless_yml_matches_the_serverless_v3_schema() -> None:
-    assert serverless_validator()  # the vendored schema is a valid draft-7 schema
-    assert schema_errors(serverless_validator(), serverless_config()) == []
-    with_bucket = serverless_config(modelSource="s3://my-models/sentiment-1.0.berth", modelBucket="my-models", memorySize=3008)
-    assert schema_errors(serverless_validator(), with_bucket) == []
-    readme = (SERVERLESS_SCHEMA.parent / "README.md").read_text("utf-8")
-    assert "serverless@3.40.0" in readme and (SERVERLESS_SCHEMA.parent / "dump-schema.js").is_file()
-    assert str(yaml.safe_load(SERVERLESS.read_text("utf-8"))["frameworkVersion"]) == "3"
-
-
-def test_the_serverless_check_reports_misspelled_keys_and_wrong_values() -> None:
-    base = serverless_config()
-    cases = {
-        "memorySzie": lambda c: c["functions"]["berthing"].update(memorySzie=2048),  # Serverless: "unrecognized property"
-        "architecure": lambda c: c["provider"].update(architecure="x86_64"),
-        "buildArg": lambda c: c["provider"]["ecr"]["images"]["berthing"].update(buildArg={}),
-        "authorizer": lambda c: c["functions"]["berthing"]["url"].update(authorizer="iam"),
-        "timeout": lambda c: c["functions"]["berthing"].update(timeout=901),
-        "httpAPI": lambda c: c["functions"]["berthing"]["events"].append({"httpAPI": {"method": "GET", "path": "/"}}),
-    }
-    for needle, change in cases.items():
-        broken = copy.deepcopy(base)
-        change(broken)
-        errors = schema_errors(serverless_validator(), broken)
-        assert errors and any(needle in error for error in errors), (needle, errors)
-
-
-def _template_function() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(parameter defaults, the SAM function with Globals applied and Refs to parameters resolved, the raw function)."""
-    sam = template()
-    defaults = {name: p.get("Default") for name, p in sam["Parameters"].items()}
-    (function,) = [r for r in sam["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
-    merged = {**sam.get("Globals", {}).get("Function", {}), **function["Properties"]}
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == {"Ref"} and node["Ref"] in defaults:
-                return defaults[node["Ref"]]
-            return {key: resolve(item) for key, item in node.items()}
-        return [resolve(item) for item in node] if isinstance(node, list) else node
-
-    return defaults, resolve(merged), function
-
-
-def test_serverless_yml_and_template_yaml_deploy_the_same_function() -> None:
-    defaults, sam, raw = _template_function()
-    config = serverless_config()
-    (function,) = config["functions"].values()
-    provider = config["provider"]
-    # parameters: template.yaml's, lower camel case, same defaults
-    params = yaml.safe_load(SERVERLESS.read_text("utf-8"))["params"]["default"]
-    assert params == {name[0].lower() + name[1:]: value for name, value in defaults.items()}
-    # memory, timeout, architecture
-    assert function.get("memorySize", provider.get("memorySize")) == sam["MemorySize"]
-    assert function.get("timeout", provider.get("timeout")) == sam["Timeout"]
-    assert [function.get("architecture", provider.get("architecture", "x86_64"))] == sam["Architectures"]
-    # the environment, both as values and as which parameter feeds each variable
-    assert {**provider.get("environment", {}), **function.get("environment", {})} == sam["Environment"]["Variables"]
-    raw_env = yaml.safe_load(SERVERLESS.read_text("utf-8"))["functions"]["berthing"]["environment"]
-    for key, ref in raw["Properties"]["Environment"]["Variables"].items():
-        assert raw_env[key] == "${param:" + ref["Ref"][0].lower() + ref["Ref"][1:] + "}", key
-    # routes: the HTTP API's, and the function URL with IAM auth
-    events = [e["Properties"] for e in sam["Events"].values() if e["Type"] == "HttpApi"]
-    sam_routes = {(e["Method"].upper(), e["Path"]) for e in events}
-    routes = {(e["httpApi"]["method"].upper(), e["httpApi"]["path"]) for e in function["events"] if "httpApi" in e}
-    assert routes == sam_routes and len(routes) == len(function["events"])
-    assert sam["FunctionUrlConfig"]["AuthType"] == "AWS_IAM" and function["url"]["authorizer"] == "aws_iam"
-    # the image: the same Dockerfile, context and build arguments
-    metadata = raw["Metadata"]
-    image = provider["ecr"]["images"][function["image"]["name"]]
-    assert image["file"] == metadata["Dockerfile"] and Path(image["path"]) == Path(metadata["DockerContext"])
-    assert image["buildArgs"] == metadata["DockerBuildArgs"] and (ROOT / image["file"]).is_file()
-
-
-def test_serverless_yml_reads_the_model_bucket_only_when_one_is_named() -> None:
-    sam = template()
-    assert sam["Conditions"]["ReadsFromS3"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ModelBucket"}, ""]}]}
-    for bucket in ("", "my-models"):
-        resources = serverless_config(modelBucket=bucket)["resources"]
-        assert resources["Conditions"]["ReadsFromS3"] == {"Fn::Not": [{"Fn::Equals": [bucket, ""]}]}
-        (policy,) = [r for r in resources["Resources"].values() if r["Type"] == "AWS::IAM::Policy"]
-        assert policy["Condition"] == "ReadsFromS3" and policy["Properties"]["Roles"] == [{"Ref": "IamRoleLambdaExecution"}]
-        grants = {(a, s["Resource"]) for s in policy["Properties"]["PolicyDocument"]["Statement"] for a in s["Action"]}
-        assert ("s3:GetObject", f"arn:aws:s3:::{bucket}/*") in grants
-
-
-def test_serverless_resources_pass_cfn_lint(tmp_path: Path) -> None:
-    """The CloudFormation serverless.yml adds (which Serverless's schema leaves unchecked), in a template with a
-    stand-in for the function role Serverless makes (IamRoleLambdaExecution)."""
-    resources = serverless_config(modelBucket="my-models")["resources"]
-    role = {
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": ["lambda.amazonaws.com"]}, "Action": ["sts:AssumeRole"]}
-                ],
-            }
-        },
-    }
-    document = {
-        "AWSTemplateFormatVersion": "2010-09-09",
-        "Conditions": resources["Conditions"],
-        "Resources": {**resources["Resources"], "IamRoleLambdaExecution": role},
-    }
-    path = tmp_path / "resources.json"
-    path.write_text(json.dumps(document), "utf-8")
-    # W8003: the condition compares two constants, since Serverless resolves ${param:...} when it packages
-    command = [str(Path(sys.executable).parent / "cfn-lint"), "--ignore-checks", "W8003", "--", str(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr + shlex.join(command)
