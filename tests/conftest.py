@@ -14,6 +14,7 @@ from berthing.loading import load_model
 from berthing.packaging.sources import ModelSource, default_model_path
 from berthing.registry import Registry
 from tests.support import models as tiny
+from tests.support import ray_cluster
 from tests.support.http import clone
 from tests.support.servers import ThreadServer
 
@@ -24,6 +25,7 @@ os.environ.setdefault("BERTHING_OPTIMIZE", "none")
 os.environ.setdefault("BERTHING_GRPC_PORT", "0")
 os.environ.setdefault("BERTHING_BERT_SERVING_PORT", "0")
 os.environ.setdefault("BERTHING_BERT_SERVING_PORT_OUT", "0")
+ray_cluster.configure_env()  # before any test module imports Ray, which reads auth and addresses at import
 
 CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
 

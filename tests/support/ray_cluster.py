@@ -45,11 +45,16 @@ class RayCluster:
         return f"http://127.0.0.1:{self.http_port}"
 
 
+def configure_env() -> None:
+    """Ray reads these at import, so tests/conftest.py sets them before any test module can import Ray."""
+    os.environ.update(RAY_ENV)
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+
+
 @contextmanager
 def ray_cluster() -> Iterator[RayCluster]:
     """Start a head and a worker node (NODE_CPUS each), connect this process, start Serve on a free loopback port."""
-    os.environ.update({k: v for k, v in RAY_ENV.items()})
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    configure_env()
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
