@@ -14,24 +14,13 @@ import pytest
 
 from berthing.config import Settings
 from berthing.registry import Registry
+from tests.support.dockerfiles import instructions
 from tests.support.http import clone
 from tests.support.servers import ThreadServer
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA = ROOT / "deploy" / "lambda" / "Dockerfile"
 SERVER = ROOT / "deploy" / "server" / "Dockerfile"
-
-
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", path.read_text("utf-8"))
-    pairs = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            pairs.append((word.upper(), rest.strip()))
-    return pairs
 
 
 def env_of(path: Path) -> dict[str, str]:

@@ -30,6 +30,7 @@ from packaging.version import Version
 from pydantic import BaseModel, ValidationError
 
 from berthing.ray.options import DEPLOYMENT, ServeArgs, model_name
+from tests.support.dockerfiles import instructions
 from tests.support.schemas import Validator, schema_errors, strict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,26 +262,15 @@ def test_one_ray_version_in_the_manifest_the_image_and_the_tests() -> None:
     manifest = rayservice()
     version = cluster(manifest)["rayVersion"]
     assert version == ray.__version__, "rayVersion is the Ray these tests validate the Serve config with"
-    args = {rest.split("=")[0]: rest.split("=")[1] for word, rest in dockerfile_instructions() if word == "ARG" and "=" in rest}
+    args = {rest.split("=")[0]: rest.split("=")[1] for word, rest in instructions(DOCKERFILE) if word == "ARG" and "=" in rest}
     assert args["RAY_VERSION"] == version, "deploy/server/Dockerfile pins the Ray the manifest names"
-    run = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN" and "pip install" in rest)
+    run = " ".join(rest for word, rest in instructions(DOCKERFILE) if word == "RUN" and "pip install" in rest)
     assert 'echo "ray==${RAY_VERSION}" > /tmp/constraints.txt' in run and "--constraint /tmp/constraints.txt" in run
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["optional-dependencies"]
     (ray_requirement,) = [r for r in extras["ray"] if r.startswith("ray[")]
     assert Version(version) in SpecifierSet(ray_requirement.split("]", 1)[1]), "berthing[ray] accepts the pinned Ray"
     for _, group in groups(manifest):
         assert ray_container(group)["image"].endswith(f":{version}"), "the image's tag names its Ray"
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text("utf-8"))
-    pairs = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            pairs.append((word.upper(), rest.strip()))
-    return pairs
 
 
 # --- Ray Serve's config ----------------------------------------------------------------------------------------------
