@@ -120,3 +120,28 @@ def test_inference_token_guards_the_proxy_port(apps: str, tiny_model_dir, settin
         assert allowed.status_code == 200 and allowed.json()["label"] in ("negative", "neutral", "positive")
     finally:
         serve.delete("guarded")
+
+
+def test_nothing_of_the_cluster_listens_beyond_loopback(apps: str) -> None:
+    """GCS, raylets, workers, Serve's proxy and the replicas (whose inter-deployment port Ray 2.60 binds on every
+    interface unless berthing rebinds it) all listen on 127.0.0.1 only."""
+    import ipaddress
+
+    import psutil
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip.split("%")[0])
+        mapped = getattr(address, "ipv4_mapped", None)
+        return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    exposed = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status != psutil.CONN_LISTEN or conn.pid is None or loopback(conn.laddr.ip):
+            continue
+        try:
+            command = " ".join(psutil.Process(conn.pid).cmdline())
+        except psutil.Error:
+            continue
+        if "ray" in command.lower():
+            exposed.append((conn.laddr.ip, conn.laddr.port, command[:120]))
+    assert exposed == []

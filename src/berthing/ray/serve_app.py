@@ -29,8 +29,29 @@ def _builder(settings: dict[str, Any], multiplexed: dict[str, str] | None) -> Ca
     return build
 
 
+def _loopback_internal_port() -> None:
+    """Ray 2.60 binds each replica's inter-deployment gRPC port on every interface ("[::]:0" in its replica.py, no
+    setting). On a cluster whose node addresses are loopback (what `berthing ray serve` starts, the tests' clusters),
+    nothing needs it beyond loopback, so the replica binds it there. Runs before Ray starts that server."""
+    import ray
+    from ray.serve._private import replica as ray_replica
+
+    original = getattr(ray_replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "loopback", False):
+        return
+    if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1"):
+        return
+
+    def loopback(server: Any, address: str) -> Any:
+        return original(server, "127.0.0.1:0" if address == "[::]:0" else address)
+
+    loopback.loopback = True  # type: ignore[attr-defined]
+    ray_replica.add_port_to_grpc_server = loopback
+
+
 def _build_app(settings: dict[str, Any], multiplexed: dict[str, str] | None = None) -> Any:
     """Load the model and make the ASGI app, in the replica's process; multiplexed models load on first use instead."""
+    _loopback_internal_port()
     # the tokenizer's thread pool: the replica's CPUs, not the node's (replicas on one node would oversubscribe it)
     os.environ.setdefault("RAYON_NUM_THREADS", str(settings.get("threads", 1)))
     from rich.console import Console
