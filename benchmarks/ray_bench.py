@@ -23,8 +23,9 @@ token auth, no dashboard, no usage stats, Serve's proxy on a free 127.0.0.1 port
 replica or two 1-CPU ones, so the application is redeployed when the next case needs the other shape. It ends through
 its own handles (serve.shutdown(), ray.shutdown()), never `ray stop`, which would end every Ray process on the host.
 
-What binds beyond loopback: every Ray Serve replica starts an inter-deployment gRPC server on [::]:0 (Ray 2.60,
-ray/serve/_private/replica.py, in every mode, no setting), so the Ray cases do. --haproxy is opt-in because that mode
+What binds beyond loopback: Ray 2.60 starts every Serve replica's inter-deployment gRPC server on [::]:0
+(ray/serve/_private/replica.py, no setting); berthing's replicas rebind it to 127.0.0.1 on a loopback cluster like this
+one (berthing.ray.serve_app), so the proxy and handle cases stay on loopback. --haproxy is opt-in because that mode
 adds more: it must be set before a cluster starts (so with --haproxy each round starts that cluster and the proxy one
 again, and Serve's shutdown in that mode waits its 30 s bound), and while its frontend and the replicas' direct-ingress
 ports follow Serve's http_options host (127.0.0.1 here), Ray's HAProxy template hard-codes the stats listener
