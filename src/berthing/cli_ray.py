@@ -1,4 +1,5 @@
-"""`berthing ray ...`: berthing's models as Ray Serve applications on a Ray cluster (imports Ray only when run)."""
+"""`berthing ray serve`: berthing's models as Ray Serve applications on a cluster, or as a Serve config file (imports Ray
+only when it deploys)."""
 
 from __future__ import annotations
 
@@ -40,16 +41,27 @@ Multiplex = Annotated[
 Protocols = Annotated[list[str] | None, typer.Option("--protocols", help="Wire protocols served (all; all,-NAME).")]
 
 
-def _plans(models: list[str] | None, flags: dict[str, Any], scaling: dict[str, Any]) -> list[Any]:
+SCALING = ("replicas", "autoscale", "cpus", "max_ongoing_requests", "target_ongoing_requests", "max_queued_requests",
+           "overload_status", "multiplex")  # ServeArgs fields, as the flags name them
+SETTINGS = {"default_model": "default_model", "inference_token": "inference_token", "task": "task", "optimize": "optimize",
+            "protocols": "protocols", "config": "config_file"}  # flag -> berthing setting
+
+
+def _plans(options: dict[str, Any]) -> list[Any]:
+    """One AppPlan per Serve application, from the command's flags (settings resolved as `berthing serve` does)."""
     from pydantic import ValidationError
 
     from berthing.cli import _settings
     from berthing.ray.plan import plan
     from berthing.types import BerthingError
 
-    settings = _settings(models=models or None, **flags)
+    if options["replicas"] is not None and options["autoscale"] is not None:
+        console.print("[red]error:[/] give --replicas or --autoscale, not both")
+        raise typer.Exit(2)
+    flags = {name: options[flag] for flag, name in SETTINGS.items() if options[flag] is not None}
+    settings = _settings(models=options["models"] or None, **flags)
     try:
-        return plan(settings, scaling)
+        return plan(settings, {key: options[key] for key in SCALING})
     except ValidationError as exc:
         for err in exc.errors():
             console.print(f"[red]error:[/] {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
@@ -57,6 +69,20 @@ def _plans(models: list[str] | None, flags: dict[str, Any], scaling: dict[str, A
     except BerthingError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(2) from None
+
+
+def _write_config(plans: list[Any], host: str, port: int, output: str) -> None:
+    """The plan as a Serve config (`serve deploy`, `serve run`, a RayService's serveConfigV2), to a file or stdout."""
+    import yaml
+
+    from berthing.ray.plan import serve_config
+
+    text = yaml.safe_dump(serve_config(plans, host, port), sort_keys=False, allow_unicode=True)
+    if output == "-":
+        typer.echo(text, nl=False)
+        return
+    Path(output).write_text(text, encoding="utf-8")
+    console.print(f"[green]✓[/] wrote {output}: `serve deploy {output}` on a running cluster, or serveConfigV2 (docs/ray.md)")
 
 
 @ray_app.command("serve")
@@ -84,20 +110,19 @@ def serve_command(
     detach: Annotated[
         bool, typer.Option("--detach", help="Deploy and return; the applications keep running on the cluster (--address).")
     ] = False,
+    write_config: Annotated[
+        str | None,
+        typer.Option(help="Write these applications as a Serve config to this file ('-': stdout) instead of deploying."),
+    ] = None,
 ) -> None:
     """Deploy each model as a Ray Serve application (its replicas run berthing's own server) and wait for Ctrl-C."""
-    if replicas is not None and autoscale is not None:
-        console.print("[red]error:[/] give --replicas or --autoscale, not both")
-        raise typer.Exit(2)
+    plans = _plans(dict(locals()))
+    if write_config is not None:
+        _write_config(plans, host, port, write_config)
+        return
     if detach and address is None:
         console.print("[red]error:[/] --detach needs --address: a cluster started here ends with this command")
         raise typer.Exit(2)
-    flags = {"default_model": default_model, "inference_token": inference_token, "task": task, "optimize": optimize,
-             "protocols": protocols, "config_file": config}
-    scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
-               "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
-               "overload_status": overload_status, "multiplex": multiplex}
-    plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
 
     from berthing.ray.cluster import connect, deploy, disconnect
 
@@ -134,44 +159,3 @@ def _scale_line(args: Any) -> str:
     if args.autoscale:
         return f"autoscaling {args.autoscale} replicas, {args.cpus:g} CPU each"
     return f"{args.replicas or 1} replica(s), {args.cpus:g} CPU each"
-
-
-@ray_app.command("config")
-def config_command(
-    models: Models = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the YAML here (default: stdout).")] = None,
-    host: Host = "127.0.0.1",
-    port: Port = 8000,
-    replicas: Replicas = None,
-    autoscale: Autoscale = None,
-    cpus: Cpus = 1.0,
-    max_ongoing_requests: MaxOngoing = 256,
-    target_ongoing_requests: TargetOngoing = 32,
-    max_queued_requests: MaxQueued = 1024,
-    overload_status: OverloadStatus = 503,
-    multiplex: Multiplex = 0,
-    default_model: Default = None,
-    task: Task = None,
-    optimize: Optimize = None,
-    protocols: Protocols = None,
-    config: Config = None,
-) -> None:
-    """Write a Serve config for these models (`serve deploy`, `serve run`, a RayService's serveConfigV2)."""
-    import yaml
-
-    from berthing.ray.plan import serve_config
-
-    if replicas is not None and autoscale is not None:
-        console.print("[red]error:[/] give --replicas or --autoscale, not both")
-        raise typer.Exit(2)
-    flags = {"default_model": default_model, "task": task, "optimize": optimize, "protocols": protocols, "config_file": config}
-    scaling = {"replicas": replicas, "autoscale": autoscale, "cpus": cpus, "max_ongoing_requests": max_ongoing_requests,
-               "target_ongoing_requests": target_ongoing_requests, "max_queued_requests": max_queued_requests,
-               "overload_status": overload_status, "multiplex": multiplex}
-    plans = _plans(models, {k: v for k, v in flags.items() if v is not None}, scaling)
-    text = yaml.safe_dump(serve_config(plans, host, port), sort_keys=False, allow_unicode=True)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
-        console.print(f"[green]✓[/] wrote {output}: `serve deploy {output}` on a running cluster (docs/ray.md)")

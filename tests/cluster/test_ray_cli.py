@@ -1,4 +1,4 @@
-"""`berthing ray serve` and `berthing ray config` as a user runs them: onto the test cluster (--address --detach), on a
+"""`berthing ray serve` (and its --write-config) as a user runs it: onto the test cluster (--address --detach), on a
 cluster of its own (the README's command; Ctrl-C/SIGTERM removes everything), and the config file through Ray's own
 `serve run`, which calls the `berthing.ray:app` builder with the file's args."""
 
@@ -48,14 +48,15 @@ def test_detached_deploy_onto_a_running_cluster(cluster: RayCluster, load, tiny_
 def test_config_file_runs_through_rays_own_serve_run(
     cluster: RayCluster, load, tiny_model_dir, settings: Settings, tmp_path: Path
 ) -> None:
-    """`berthing ray config` writes what `serve run`/`serve deploy`/a RayService take; Ray builds it with our builder."""
+    """--write-config writes what `serve run`/`serve deploy`/a RayService take; Ray builds it with our builder."""
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
     load("embed")
     config = tmp_path / "serve.yaml"
     made = subprocess.run(
-        [*BERTHING, "ray", "config", f"vectors={tiny_model_dir('embed')}", "--cpus", "0.5", "--autoscale", "1:2", "-o", config],
+        [*BERTHING, "ray", "serve", f"vectors={tiny_model_dir('embed')}", "--cpus", "0.5", "--autoscale", "1:2",
+         "--write-config", config],
         env=_env(settings), capture_output=True, text=True, timeout=60,
     )
     assert made.returncode == 0, made.stderr

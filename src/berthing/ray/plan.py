@@ -2,7 +2,7 @@
 
 One application per model gives each model its own replicas and scaling, and maps the management API onto Ray's own:
 registering a model is adding an application, scaling is its replicas or autoscaling, the default model is the one
-routed at "/". No Ray import: `berthing ray config` writes the same plan as a Serve config file.
+routed at "/". No Ray import: `berthing ray serve --write-config` writes the same plan as a Serve config file.
 """
 
 from __future__ import annotations
