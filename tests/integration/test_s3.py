@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,40 +22,9 @@ from berthing.packaging.sources import resolve
 from berthing.types import ModelLoadError
 from tests.support.http import free_port
 from tests.support.models import LABELS
+from tests.support.s3 import MotoServer
 
 TEXTS = ["the parcel came late", "物流很快, 包装完好"]
-
-
-class MotoServer:
-    """moto's standalone S3-compatible server as a child process on a free loopback port."""
-
-    def __init__(self, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{self.url}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-
-    def client(self, key: str = "testing", secret: str = "testing"):
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=key, aws_secret_access_key=secret)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

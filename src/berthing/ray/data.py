@@ -4,7 +4,8 @@ A datasource numbers the lines (or rows) of each file exactly as batch.Reader do
 with the settings the driver resolved (a node's own BERTHING_* variables change nothing), and runs each batch of lines
 through batch.run, so parsing, engine calls and error records are the single-machine ones. One output file is
 written by the driver from the results in input order; a directory or s3:// prefix by Ray's own writers, every row
-carrying its input "line" to be joined back.
+carrying its input "line" to be joined back. s3:// paths are read and written through the filesystem berthing.ray.storage
+builds (BERTHING_S3_ENDPOINT_URL, the driver's credentials), handed to Ray's reads and writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ray.data.datasource import FileBasedDatasource
 from ray.util.debug import log_once
 
 from berthing import batch
+from berthing.ray import storage
 from berthing.ray.options import absolute_source
 from berthing.types import BerthingError
 
@@ -68,9 +70,11 @@ class Plan:
     fmt_out: str
     single: bool  # one file (or stdout) the driver writes; else a directory or prefix Ray's writers fill
     ordered: bool
-    source: str  # the input as read tasks on any node see it (local paths made absolute)
+    source: str  # the input as read tasks on any node see it (local paths made absolute, s3:// as bucket/key)
     target: str
     total: int | None  # lines, for the progress bar, where cheap to count
+    source_fs: Any = None  # pyarrow's S3FileSystem for s3:// (storage.resolve); None: Ray resolves the path itself
+    target_fs: Any = None
 
 
 def _remote(path: str) -> bool:
@@ -87,13 +91,17 @@ def plan(job: Job) -> Plan:
     if job.input == "-":
         raise BerthingError("--ray reads files (local or s3://), not stdin")
     local = not _remote(job.input)
-    if local and not Path(job.input).exists():
+    source_fs, source = storage.resolve(job.input)
+    names = storage.listing(source_fs, source, job.input) if source_fs is not None else []
+    if (local and not Path(job.input).exists()) or names is None:
         raise BerthingError(f"input {job.input} not found")
     if job.input_format is not None and job.input_format not in FORMATS_IN:
         raise BerthingError(f"unknown format {job.input_format!r} (formats: {', '.join(FORMATS_IN)})")
     fmt_in = job.input_format or _suffix_format(job.input)
     if fmt_in is None and local and Path(job.input).is_dir():
-        names = sorted(p.name for p in Path(job.input).iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+        names = sorted(p.name for p in Path(job.input).iterdir() if p.is_file())
+    if fmt_in is None:  # a directory or prefix: its first file's suffix (Ray skips names starting with . or _)
+        names = [name for name in names or [] if not name.startswith((".", "_"))]
         fmt_in = _suffix_format(names[0]) if names else None
     if fmt_in is None and local:
         fmt_in = "txt"  # a file with no known suffix holds a text per line, as on one machine
@@ -107,24 +115,29 @@ def plan(job: Job) -> Plan:
         _remote(job.output) or job.output.endswith(("/", os.sep)) or Path(job.output).is_dir()
         or _suffix_format(job.output) is None
     )
-    if directory and not _remote(job.output) and Path(job.output).is_dir() and any(Path(job.output).iterdir()):
+    target_fs, target = storage.resolve(job.output)
+    if directory and (
+        (not _remote(job.output) and Path(job.output).is_dir() and any(Path(job.output).iterdir()))
+        or (target_fs is not None and storage.listing(target_fs, target, job.output))
+    ):
         raise BerthingError(f"output directory {job.output} is not empty: Ray's writers would add files to what is there")
     total = None
     if local and Path(job.input).is_file():
         total = pq.ParquetFile(job.input).metadata.num_rows if fmt_in == "parquet" else batch.count_lines(Path(job.input))
-    source = job.input if not local else str(Path(job.input).resolve())
-    target = job.output if _remote(job.output) or job.output == "-" else str(Path(job.output).resolve())
+    source = source if not local else str(Path(job.input).resolve())
+    target = target if _remote(job.output) or job.output == "-" else str(Path(job.output).resolve())
     ordered = job.preserve_order if job.preserve_order is not None else not directory
-    return Plan(fmt_in, fmt_out, not directory, ordered, source, target, total)
+    return Plan(fmt_in, fmt_out, not directory, ordered, source, target, total, source_fs, target_fs)
 
 
 class LinesDatasource(FileBasedDatasource):
     """Files as blocks of numbered lines (JSONL, text), CSV rows of strings, or Parquet rows; line numbers are
     batch.Reader's, so every result names the line it came from."""
 
-    def __init__(self, paths: str | list[str], fmt: str, **kwargs: Any) -> None:
+    def __init__(self, paths: str | list[str], fmt: str, scheme: str = "", **kwargs: Any) -> None:
         super().__init__(paths, **kwargs)
         self.fmt = fmt
+        self.scheme = scheme  # "s3://" when the filesystem takes bucket/key: each row's "file" is the URL again
 
     def files(self) -> list[str]:
         """The files found under the input path(s)."""
@@ -136,6 +149,7 @@ class LinesDatasource(FileBasedDatasource):
         return super()._open_input_source(filesystem, path, **open_args)
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        path = self.scheme + path
         if self.fmt == "parquet":
             start = 1
             for part in pq.ParquetFile(f).iter_batches(batch_size=BLOCK_LINES):
@@ -278,7 +292,8 @@ def dataset(job: Job, plan: Plan, settings: Settings) -> ray.data.Dataset:
     context.enable_progress_bars = not plan.single  # one file: berthing's bar; a directory: Ray's, while it writes
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # not its INFO lines about each execution
     log_once("ray_data_progress_manager_disabled")  # nor its warning that the bars it would draw are off
-    source = LinesDatasource(plan.source, plan.fmt_in)
+    scheme = "s3://" if plan.source_fs is not None else ""
+    source = LinesDatasource(plan.source, plan.fmt_in, scheme, filesystem=plan.source_fs)
     with_line = not (plan.single and plan.ordered)
     args = {
         "model": absolute_source(job.model) or "default", "settings": actor_settings(settings, job.cpus_per_actor),
@@ -352,9 +367,10 @@ def predict_command(job: Job, settings: Settings, console: Console, log_every_s:
             with batch.progress(console, name, f"{name} (ray, {job.actors} actors)", checked.total, log_every_s) as step:
                 write_file(data, checked, summary, step)
         elif checked.fmt_out == "jsonl":
-            data.write_json(checked.target, pandas_json_args_fn=lambda: {"force_ascii": False, "double_precision": 15})
+            data.write_json(checked.target, filesystem=checked.target_fs,
+                            pandas_json_args_fn=lambda: {"force_ascii": False, "double_precision": 15})
         else:
-            data.write_parquet(checked.target)
+            data.write_parquet(checked.target, filesystem=checked.target_fs)
     except KeyboardInterrupt:
         where = job.output if job.output != "-" else "stdout"
         if checked is not None and checked.single and checked.fmt_out == "jsonl":
