@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from berthing.registry import Registry
-from tests.support.http import assert_same, clone
+from tests.support.http import assert_same
 from tests.support.ray_cluster import RayCluster, deployed
-from tests.support.servers import ThreadServer
+from tests.support.servers import clones_server
 
 KINDS = ("embed", "classify", "ner")
 TEXTS = ["the parcel came late", "物流很快, 包装完好"]
@@ -21,10 +20,7 @@ TEXTS = ["the parcel came late", "物流很快, 包装完好"]
 
 @pytest.fixture(scope="module")
 def reference(load, settings: Settings) -> Iterator[str]:
-    registry = Registry()
-    for kind in KINDS:
-        registry.add(clone(load(kind), kind))
-    with ThreadServer(registry, settings) as server:
+    with clones_server({kind: load(kind) for kind in KINDS}, settings) as server:
         yield server.url
 
 

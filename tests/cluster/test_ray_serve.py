@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from berthing.config import Settings
-from tests.support.http import assert_same, clone
+from tests.support.http import assert_same
 from tests.support.ray_cluster import RayCluster, deployed
-from tests.support.servers import ThreadServer
+from tests.support.servers import clones_server
 from tests.support.texts import RERANK_DOCS, RERANK_QUERY
 
 KINDS = ("embed", "classify", "ner", "qa", "rerank")
@@ -39,12 +39,7 @@ def apps(cluster: RayCluster, load, tiny_model_dir, settings: Settings) -> Itera
 @pytest.fixture(scope="module")
 def reference(load, settings: Settings) -> Iterator[str]:
     """The same models behind berthing's own server in this process."""
-    from berthing.registry import Registry
-
-    registry = Registry()
-    for kind in KINDS:
-        registry.add(clone(load(kind), kind))
-    with ThreadServer(registry, settings) as server:
+    with clones_server({kind: load(kind) for kind in KINDS}, settings) as server:
         yield server.url
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -52,6 +53,16 @@ class ThreadServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def clones_server(models: dict[str, Any], settings: Settings) -> ThreadServer:
+    """A ThreadServer over fresh clones of loaded models, by name (a reference to compare other servers with)."""
+    from tests.support.http import clone
+
+    registry = Registry()
+    for name, model in models.items():
+        registry.add(clone(model, name))
+    return ThreadServer(registry, settings)
 
 
 @contextmanager
