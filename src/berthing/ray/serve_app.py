@@ -111,9 +111,12 @@ class _Replica:
         registry = _REPLICA.get("registry")
         if registry is None:
             raise RuntimeError("the berthing app is not built yet")
+        from berthing.server.health import problem
+
         for model in registry.all():
-            if model.batcher is not None and not model.batcher.running:
-                raise RuntimeError(f"model {model.name!r}: its batcher stopped")
+            reason = problem(model)
+            if reason is not None and model.batcher is not None:  # "not started": Ray asks before the app's lifespan
+                raise RuntimeError(f"model {model.name!r}: {reason}")
 
 
 async def get_model(self: Any, name: str) -> Any:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from berthing.config import Settings
 from berthing.registry import Registry
-from berthing.server import playground
+from berthing.server import health, playground
 from berthing.server.gateway import Gateway, error_response
 from berthing.server.listeners import Listeners
 from berthing.server.metrics import Metrics
@@ -68,7 +68,7 @@ def create_app(
             for path, operations in module.openapi_paths(gateway).items():
                 for verb, operation in operations.items():
                     extra.setdefault(path, {}).setdefault(verb, {"tags": [protocol], **operation})
-        for path, operations in (playground.openapi_paths() if settings.ui else {}).items():
+        for path, operations in {**health.openapi_paths(), **(playground.openapi_paths() if settings.ui else {})}.items():
             for verb, operation in operations.items():
                 extra.setdefault(path, {}).setdefault(verb, operation)
         return Response(dumps(openapi(registry.names(), extra)), media_type=JSON)
@@ -106,6 +106,7 @@ def create_app(
 
     routes = [
         Route("/ping", ping, methods=["GET"]),
+        *health.routes(registry, error_response),
         *(playground.routes(gateway, error_response) if settings.ui else []),  # GET / only for browsers: others fall through
         *(route for module in modules.values() for route in module.routes(gateway)),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

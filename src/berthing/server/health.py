@@ -1,0 +1,77 @@
+"""Liveness and readiness for Kubernetes and KServe-style probes: /health/live, /health/ready, per model too.
+
+`GET /ping` stays TorchServe's. Probes carry no token, so these routes need none, and they say no more than which
+models serve. A model is ready while its batcher runs: loaded, started with the server, not unregistered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from berthing.registry import Registry
+from berthing.server.protocols.codec import dumps
+from berthing.types import ModelNotFound
+
+JSON = "application/json"
+
+
+def problem(model: Any) -> str | None:
+    """Why a model does not serve now, or None when it does."""
+    if model.retired:
+        return "unregistered"
+    if model.batcher is None or not model.batcher.running:
+        return "not started" if model.batcher is None else "its batcher stopped"
+    return None
+
+
+def _state(model: Any) -> dict[str, Any]:
+    reason = problem(model)
+    return {"version": model.version, "ready": reason is None, **({"reason": reason} if reason else {})}
+
+
+def routes(registry: Registry, error_response: Any) -> list[Route]:
+    """The probe routes over the live registry."""
+
+    async def live(_: Request) -> Response:
+        return Response(b'{"status":"alive"}', media_type=JSON)
+
+    async def ready(_: Request) -> Response:
+        models = {f"{m.name}:{m.version}": _state(m) for m in registry.all()}
+        ok = all(state["ready"] for state in models.values())  # no model yet (a store to register from): ready
+        body = {"status": "ready" if ok else "not ready", "models": models}
+        return Response(dumps(body), status_code=200 if ok else 503, media_type=JSON)
+
+    async def model_ready(request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        try:
+            model = registry.get(name, version)
+        except ModelNotFound as exc:
+            return error_response(exc)
+        state = {"model": model.name, **_state(model)}
+        return Response(dumps(state), status_code=200 if state["ready"] else 503, media_type=JSON)
+
+    return [
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/health/ready/{name}", model_ready, methods=["GET"]),
+        Route("/health/ready/{name}/{version}", model_ready, methods=["GET"]),
+    ]
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The probe routes in /openapi.json."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    ready = {"200": {"description": "serving"}, "503": {"description": "not serving (the body says why)"}}
+    return {
+        "/health/live": {"get": {"summary": "Liveness: the process answers", "responses": {"200": {"description": "alive"}}}},
+        "/health/ready": {"get": {"summary": "Readiness: every model serves", "responses": ready}},
+        "/health/ready/{name}": {"get": {"summary": "One model's readiness", "parameters": [name], "responses": ready}},
+        "/health/ready/{name}/{version}": {
+            "get": {"summary": "One model version's readiness", "parameters": [name, version], "responses": ready}
+        },
+    }

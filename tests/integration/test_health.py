@@ -1,0 +1,45 @@
+"""Liveness and readiness probes: /health/live, /health/ready and per model, without a token, in /openapi.json."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.http import clone
+
+
+def test_live_and_ready_while_every_model_serves(server_factory, load) -> None:
+    with server_factory({"embedder": load("embed"), "sentiment": load("classify")}, inference_token="t0ken") as server:
+        live = httpx.get(f"{server.url}/health/live")  # probes carry no token: these routes need none
+        assert (live.status_code, live.json()) == (200, {"status": "alive"})
+        ready = httpx.get(f"{server.url}/health/ready")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "models": {
+            "embedder:1.0": {"version": "1.0", "ready": True}, "sentiment:1.0": {"version": "1.0", "ready": True}}}
+        one = httpx.get(f"{server.url}/health/ready/sentiment")
+        assert (one.status_code, one.json()) == (200, {"model": "sentiment", "version": "1.0", "ready": True})
+        assert httpx.get(f"{server.url}/health/ready/sentiment/1.0").status_code == 200
+        missing = httpx.get(f"{server.url}/health/ready/nobody")
+        assert missing.status_code == 404
+        assert missing.json()["message"].startswith("model 'nobody' not found")
+        assert httpx.post(f"{server.url}/predictions/sentiment", json={"input": "x"}).status_code == 401  # still guarded
+
+
+def test_a_model_that_does_not_serve_makes_the_server_not_ready(server_factory, load) -> None:
+    with server_factory({"embedder": load("embed")}) as server:
+        server.app.state.registry.add(clone(load("classify"), "late"), make_default=False)  # registered, never started
+        ready = httpx.get(f"{server.url}/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not ready"
+        assert ready.json()["models"]["late:1.0"] == {"version": "1.0", "ready": False, "reason": "not started"}
+        assert ready.json()["models"]["embedder:1.0"]["ready"] is True
+        late = httpx.get(f"{server.url}/health/ready/late")
+        assert (late.status_code, late.json()["reason"]) == (503, "not started")
+        assert httpx.get(f"{server.url}/health/ready/embedder").status_code == 200  # the others still say ready
+        assert httpx.get(f"{server.url}/health/live").status_code == 200
+
+
+def test_probes_are_in_openapi(server_factory, load) -> None:
+    with server_factory({"embedder": load("embed")}) as server:
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert {"/health/live", "/health/ready", "/health/ready/{name}", "/health/ready/{name}/{version}"} <= set(paths)
+        assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
