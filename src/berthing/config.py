@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from berthing.engine.batcher import BatchLimits
 from berthing.loading import LoadOptions
@@ -124,6 +124,10 @@ class Settings(BaseModel):
     trust_handlers: bool = Field(
         False, description="Run custom handler.py code carried by packages (it runs with the server's rights)."
     )
+    ssl_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS on the inference, management and metrics ports."
+    )
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of ssl_certfile (with ssl_certfile).")
     metrics_host: str = Field("127.0.0.1", description="Address of the separate metrics listener (with metrics_port).")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Also serve /metrics on this port (TorchServe uses 8082); none = inference port only."
@@ -172,6 +176,15 @@ class Settings(BaseModel):
         except BerthingError as exc:
             raise ValueError(exc.message) from None
         return value
+
+    @model_validator(mode="after")
+    def _check_ssl(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} is not a file")
+        return self
 
     @field_validator("protocols")
     @classmethod

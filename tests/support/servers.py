@@ -86,7 +86,7 @@ def cli_server(
         if not line:
             break
         lines.append(line)
-        found = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        found = re.search(r"on (https?://127\.0\.0\.1:\d+)", line)
         if found:
             url = found.group(1)
         if url and "startup complete" in line:

@@ -208,19 +208,20 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
     host, port = sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     names = ", ".join(registry.names()) or "no models"
-    console.print(f"serving {names} on http://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
+    scheme = "https" if settings.ssl_certfile else "http"
+    console.print(f"serving {names} on {scheme}://{shown}:{port}  (Ctrl-C or SIGTERM drains and stops)")
     http = [p for p in settings.enabled_protocols() if p not in ("kserve-grpc",)]
     console.print(f"protocols on this port: {', '.join(http) or 'none'} (--protocols; docs/protocols.md)")
     if settings.ui:
-        console.print(f"playground: http://{shown}:{port}/ in a browser; API docs at /docs (--no-ui turns both off)")
+        console.print(f"playground: {scheme}://{shown}:{port}/ in a browser; API docs at /docs (--no-ui turns both off)")
     m_host, m_port = sockets[1].getsockname()[:2]
     auth = "token in the key file" if token else "no token"
     m_shown = f"[{m_host}]" if ":" in m_host else m_host
-    console.print(f"management API at http://{m_shown}:{m_port} ({auth})")
+    console.print(f"management API at {scheme}://{m_shown}:{m_port} ({auth})")
     if len(sockets) > 2:
         x_host, x_port = sockets[2].getsockname()[:2]
         x_shown = f"[{x_host}]" if ":" in x_host else x_host
-        console.print(f"metrics at http://{x_shown}:{x_port}/metrics (and on the inference port)")
+        console.print(f"metrics at {scheme}://{x_shown}:{x_port}/metrics (and on the inference port)")
     config = uvicorn.Config(
         app,
         loop="uvloop",
@@ -229,6 +230,8 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
+        ssl_certfile=settings.ssl_certfile,  # every port of this server: inference, management, metrics
+        ssl_keyfile=settings.ssl_keyfile,
     )
     server = _drained_server_class()(config)
     if record_startup is not None:
