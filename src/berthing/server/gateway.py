@@ -7,9 +7,10 @@ wrapper turns any BerthingError into the adapter's own error shape and counts th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -23,6 +24,8 @@ from berthing.server.protocols.codec import dumps, parse_json
 from berthing.server.security import check_token
 from berthing.types import BadRequest, BerthingError, InvalidInput, ModelNotFound, PayloadTooLarge, TextInput
 
+DRAIN_BYTES = 64 * 1024 * 1024  # of a refused body read and dropped so its client can read the 413 (see _drain)
+DRAIN_S = 10.0
 __all__ = ["Call", "Gateway", "WrongTask", "dumps", "error_response", "json_response", "parse_json", "read_body"]
 
 log = logging.getLogger("berthing.server")
@@ -155,16 +158,38 @@ class Call:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes the limit (declared or streamed)."""
     declared = request.headers.get("content-length")
+    stream = request.stream()
     if declared and declared.isdigit() and int(declared) > limit:
+        await _drain(request, stream)
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
+            await _drain(request, stream)
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(request: Request, stream: AsyncIterator[bytes]) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN_BYTES and DRAIN_S, before the 413 goes out.
+
+    A client that sends the whole body before reading (urllib, requests: no `Expect: 100-continue`) would otherwise
+    get a connection reset instead of the 413, since closing a socket with unread data resets it. A client that
+    asked to continue is answered at once: it has not sent the body, and now will not."""
+    if request.headers.get("expect", "").lower() == "100-continue":
+        return
+    drained = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for chunk in stream:
+                drained += len(chunk)
+                if drained > DRAIN_BYTES:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 def error_response(error: BerthingError) -> Response:
