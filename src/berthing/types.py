@@ -78,6 +78,14 @@ class ModelLoadError(BerthingError):
     type = "ModelLoadError"
 
 
+class InvalidPackage(ModelLoadError):
+    """A package or archive refused for what it contains (its manifest, a checksum, an unsafe entry): the sender's
+    error, so a 4xx that names it; a ModelLoadError still, for callers that catch any failed load."""
+
+    code = 422
+    type = "InvalidPackage"
+
+
 @dataclass(frozen=True, slots=True)
 class TextPair:
     """Two texts scored together (classification of pairs, later reranking)."""

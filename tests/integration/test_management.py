@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,29 @@ def test_loopback_without_auth_and_inference_token(settings: Settings, store: Pa
         bad_name = httpx.post(f"{open_server.admin}/models", params={"url": "embed", "model_name": "a=/etc"})
         assert (bad_name.status_code, bad_name.json()["type"]) == (400, "BadRequest")
         assert bad_name.json()["message"].startswith("invalid model name 'a=/etc'")
+
+
+def test_a_package_refused_for_what_it_holds_is_the_senders_error(server: DualServer, store: Path) -> None:
+    """422 InvalidPackage naming what is wrong, not a 500: the server did nothing wrong (issue 18)."""
+    garbage = store / "garbage.berth"
+    garbage.write_bytes(b"not a zip archive at all")
+    bare = store / "bare.berth"
+    with zipfile.ZipFile(bare, "w") as zf:
+        zf.writestr("model.onnx", b"x")
+    partial = store / "partial"
+    partial.mkdir()
+    (partial / "MANIFEST.json").write_text('{"format": 1, "name": "partial"}')
+    try:
+        refused = register(server, "garbage.berth", "garbage")
+        assert (refused.status_code, refused.json()["type"]) == (422, "InvalidPackage")
+        assert refused.json()["message"].startswith(f"cannot read the manifest of {garbage.resolve()}: ")
+        assert_error(register(server, "bare.berth", "bare"), 422, "InvalidPackage",
+                     f"{bare.resolve()} is not a berthing package: it has no MANIFEST.json")
+        refused = register(server, "partial", "partial")
+        assert (refused.status_code, refused.json()["type"]) == (422, "InvalidPackage")
+        assert refused.json()["message"].startswith(f"{partial.resolve()}: MANIFEST.json lacks ")
+        assert {"garbage", "bare", "partial"}.isdisjoint(server.registry.names())
+    finally:
+        garbage.unlink()
+        bare.unlink()
+        shutil.rmtree(partial)

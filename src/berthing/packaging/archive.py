@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from berthing.types import ModelLoadError
+from berthing.types import InvalidPackage
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _CHUNK = 1 << 20
@@ -37,18 +37,18 @@ def _entry_parts(archive: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
     name = info.filename
     where = f"archive {archive.name}: unsafe entry {name!r}"
     if "\0" in name:
-        raise ModelLoadError(f"{where} (a NUL byte in its name)")
+        raise InvalidPackage(f"{where} (a NUL byte in its name)")
     normalized = name.replace("\\", "/")
     if _DRIVE_RE.match(normalized):
-        raise ModelLoadError(f"{where} (a drive letter)")
+        raise InvalidPackage(f"{where} (a drive letter)")
     if normalized.startswith("/"):
-        raise ModelLoadError(f"{where} (an absolute path)")
+        raise InvalidPackage(f"{where} (an absolute path)")
     parts = PurePosixPath(normalized).parts
     if ".." in parts:
-        raise ModelLoadError(f"{where} (a '..' component)")
+        raise InvalidPackage(f"{where} (a '..' component)")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise ModelLoadError(f"{where} (a symbolic link)")
+        raise InvalidPackage(f"{where} (a symbolic link)")
     return tuple(p for p in parts if p not in ("", "."))
 
 
@@ -59,12 +59,12 @@ def check_archive(archive: Path, limits: ArchiveLimits | None = None) -> list[tu
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
     except (OSError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"{archive} is not a readable zip archive: {exc}") from exc
+        raise InvalidPackage(f"{archive} is not a readable zip archive: {exc}") from exc
     if len(infos) > limits.max_entries:
-        raise ModelLoadError(f"archive {archive.name} has {len(infos)} entries, over the limit of {limits.max_entries}")
+        raise InvalidPackage(f"archive {archive.name} has {len(infos)} entries, over the limit of {limits.max_entries}")
     total = sum(i.file_size for i in infos)
     if total > limits.max_bytes:
-        raise ModelLoadError(
+        raise InvalidPackage(
             f"archive {archive.name} unpacks to {total} bytes, over the limit of {limits.max_bytes} (zip bomb?)"
         )
     checked = []
@@ -72,7 +72,7 @@ def check_archive(archive: Path, limits: ArchiveLimits | None = None) -> list[tu
         parts = _entry_parts(archive, info)
         if info.file_size >= limits.ratio_min_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
-            raise ModelLoadError(
+            raise InvalidPackage(
                 f"archive {archive.name}: entry {info.filename!r} compresses {ratio:.0f}:1, "
                 f"over the limit of {limits.max_ratio:.0f}:1 (zip bomb?)"
             )
@@ -110,21 +110,21 @@ def _write_entries(
             dest = root.joinpath(*parts)
             if not dest.resolve().is_relative_to(base):
                 where = f"archive {archive.name}: unsafe entry {info.filename!r}"
-                raise ModelLoadError(f"{where} (resolves outside the target folder)")
+                raise InvalidPackage(f"{where} (resolves outside the target folder)")
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)
                 continue
             if dest.exists():
-                raise ModelLoadError(f"archive {archive.name}: duplicate entry {info.filename!r}")
+                raise InvalidPackage(f"archive {archive.name}: duplicate entry {info.filename!r}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, dest.open("xb") as out:
                     for chunk in iter(lambda src=src: src.read(_CHUNK), b""):
                         written += len(chunk)
                         if written > limits.max_bytes:
-                            raise ModelLoadError(
+                            raise InvalidPackage(
                                 f"archive {archive.name} unpacks to more than {limits.max_bytes} bytes (zip bomb?)"
                             )
                         out.write(chunk)
             except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # zipfile checks sizes and CRCs as it reads
-                raise ModelLoadError(f"archive {archive.name}: entry {info.filename!r} is corrupt ({exc})") from exc
+                raise InvalidPackage(f"archive {archive.name}: entry {info.filename!r} is corrupt ({exc})") from exc

@@ -20,7 +20,7 @@ from berthing.names import check_name, check_version
 from berthing.packaging.archive import ArchiveLimits, extract
 from berthing.packaging.checkpoint import read_checkpoint
 from berthing.spec import TASKS
-from berthing.types import ModelLoadError
+from berthing.types import InvalidPackage, ModelLoadError
 from berthing.version import __version__
 
 MANIFEST = "MANIFEST.json"
@@ -165,35 +165,37 @@ def read_manifest(path: Path) -> dict[str, Any]:
             with zipfile.ZipFile(path) as zf:
                 raw = zf.read(MANIFEST)
     except KeyError:
-        raise ModelLoadError(f"{path} is not a berthing package: it has no {MANIFEST}") from None
-    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidPackage(f"{path} is not a berthing package: it has no {MANIFEST}") from None
+    except zipfile.BadZipFile as exc:
+        raise InvalidPackage(f"cannot read the manifest of {path}: {exc}") from exc
+    except OSError as exc:
         raise ModelLoadError(f"cannot read the manifest of {path}: {exc}") from exc
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
-        raise ModelLoadError(f"{path}: {MANIFEST} is not valid JSON: {exc}") from exc
+        raise InvalidPackage(f"{path}: {MANIFEST} is not valid JSON: {exc}") from exc
     return check_manifest(manifest, path)
 
 
 def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     """Refuse manifests this version cannot trust or serve, naming what is wrong."""
     if not isinstance(manifest, dict):
-        raise ModelLoadError(f"{path}: {MANIFEST} is not a JSON object")
+        raise InvalidPackage(f"{path}: {MANIFEST} is not a JSON object")
     missing = [key for key in _REQUIRED if key not in manifest]
     if missing:
-        raise ModelLoadError(f"{path}: {MANIFEST} lacks {', '.join(missing)}")
+        raise InvalidPackage(f"{path}: {MANIFEST} lacks {', '.join(missing)}")
     if manifest["format"] != FORMAT:
-        raise ModelLoadError(f"{path}: package format {manifest['format']!r} is not supported (this berthing reads {FORMAT})")
+        raise InvalidPackage(f"{path}: package format {manifest['format']!r} is not supported (this berthing reads {FORMAT})")
     if manifest["task"] not in TASKS:
-        raise ModelLoadError(f"{path}: unknown task {manifest['task']!r} in {MANIFEST} (tasks: {', '.join(TASKS)})")
+        raise InvalidPackage(f"{path}: unknown task {manifest['task']!r} in {MANIFEST} (tasks: {', '.join(TASKS)})")
     check_name(str(manifest["name"]))
     check_version(str(manifest["version"]))
     files = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
-        raise ModelLoadError(f"{path}: {MANIFEST} 'files' must map each file to its sha256")
+        raise InvalidPackage(f"{path}: {MANIFEST} 'files' must map each file to its sha256")
     absent = [name for name in manifest["artifact"] if name not in files]
     if absent:
-        raise ModelLoadError(f"{path}: {MANIFEST} lists no checksum for {', '.join(absent)}")
+        raise InvalidPackage(f"{path}: {MANIFEST} lists no checksum for {', '.join(absent)}")
     return manifest
 
 
@@ -202,9 +204,9 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     for rel, entry in manifest["files"].items():
         path = folder / rel
         if not path.is_file():
-            raise ModelLoadError(f"package {manifest['name']}-{manifest['version']}: {rel} is missing")
+            raise InvalidPackage(f"package {manifest['name']}-{manifest['version']}: {rel} is missing")
         if sha256_file(path) != entry["sha256"]:
-            raise ModelLoadError(
+            raise InvalidPackage(
                 f"package {manifest['name']}-{manifest['version']}: checksum mismatch for {rel} (the file was changed)"
             )
     extra = sorted(
@@ -212,9 +214,9 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     )
     unlisted = [rel for rel in extra if rel not in manifest["files"]]
     if unlisted:
-        raise ModelLoadError(f"package {manifest['name']}-{manifest['version']}: {unlisted[0]} is not in {MANIFEST}")
+        raise InvalidPackage(f"package {manifest['name']}-{manifest['version']}: {unlisted[0]} is not in {MANIFEST}")
     if manifest.get("handler") not in (None, "handler.py") or (manifest.get("handler") and "handler.py" not in manifest["files"]):
-        raise ModelLoadError(f"package {manifest['name']}-{manifest['version']}: 'handler' must name handler.py, listed in files")
+        raise InvalidPackage(f"package {manifest['name']}-{manifest['version']}: 'handler' must name handler.py, listed in files")
 
 
 def is_package(path: Path) -> bool:
