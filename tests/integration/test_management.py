@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from rich.console import Console
 
 from berthing.config import Settings
@@ -24,33 +23,9 @@ from berthing.registry import Registry
 from berthing.server.runner import build_apps, load_registry
 from berthing.types import BerthingError
 from tests.support.http import WAIT_S, metric, wait_for
+from tests.support.servers import DualServer
 
 TEXTS = ["a fine day", "this is terrible", "ok"]
-
-
-class DualServer:
-    """One uvicorn server with the inference and the management socket, as `berthing serve` runs them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.registry = Registry()
-        self.key = Path()
-        app, self.sockets, self.token = build_apps(settings, self.registry)
-        self.url = f"http://127.0.0.1:{self.sockets[0].getsockname()[1]}"
-        self.admin = f"http://127.0.0.1:{self.sockets[1].getsockname()[1]}"
-        config = uvicorn.Config(app, loop="asyncio", http="httptools", log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": self.sockets}, daemon=True)
-
-    def __enter__(self) -> DualServer:
-        self.thread.start()
-        wait_for(lambda: self.server.started or not self.thread.is_alive(), "the server to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=WAIT_S)
-        for sock in self.sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="module")

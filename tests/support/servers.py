@@ -55,6 +55,41 @@ class ThreadServer:
         self.sock.close()
 
 
+class DualServer:
+    """One uvicorn server with the inference and the management socket, as `berthing serve` runs them."""
+
+    def __init__(self, settings: Settings, models: dict[str, Any] | None = None) -> None:
+        from berthing.server.runner import build_apps
+        from tests.support.http import clone
+
+        self.registry = Registry()
+        for name, model in (models or {}).items():
+            self.registry.add(clone(model, name))
+        self.key = Path()
+        app, self.sockets, self.token = build_apps(settings, self.registry)
+        self.url = f"http://127.0.0.1:{self.sockets[0].getsockname()[1]}"
+        self.admin = f"http://127.0.0.1:{self.sockets[1].getsockname()[1]}"
+        self.management_url = self.admin
+        self.inference_app = app.inference
+        self.management_app = app.by_port[self.sockets[1].getsockname()[1]]
+        config = uvicorn.Config(app, loop="asyncio", http="httptools", log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": self.sockets}, daemon=True)
+
+    def __enter__(self) -> DualServer:
+        from tests.support.http import wait_for
+
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), "the server to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        for sock in self.sockets:
+            sock.close()
+
+
 def clones_server(models: dict[str, Any], settings: Settings) -> ThreadServer:
     """A ThreadServer over fresh clones of loaded models, by name (a reference to compare other servers with)."""
     from tests.support.http import clone

@@ -98,7 +98,7 @@ def server_config(gateway: Gateway, extra: dict[str, Any] | None = None, version
 def error(error: BerthingError) -> Response:
     """The proxy's Flask-JSON errors: {"description", "type", "status"}; every client error is a 400 as there,
     overload keeps its 503 and Retry-After."""
-    status = 400 if error.code < 500 else error.code
+    status = 400 if error.code < 500 and error.code != 401 else error.code  # a missing token stays 401
     body = {"description": error.message, "type": error.type, "status": status}
     return json_response(body, status, error.headers)
 

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from berthing.inputs import json_type
 from berthing.server.gateway import MODEL_HEADER, Call, WrongTask, json_response
+from berthing.server.security import Unauthorized
 from berthing.types import (
     BadRequest,
     BerthingError,
@@ -78,6 +79,8 @@ def error(err: BerthingError) -> Response:
         code, kind, message = 429, "Overloaded", "Model is overloaded"
     elif isinstance(err, ModelNotFound):
         code, kind, message = 404, "NotFound", err.message
+    elif isinstance(err, Unauthorized):  # TEI's --api-key answers 401 too
+        code, kind, message = 401, "Unauthorized", err.message
     elif isinstance(err, WrongTask):
         code, kind, message = 424, "Backend", f"Backend error: {err.message}"
     elif isinstance(err, PayloadTooLarge):  # only the body size gets here: item counts and lengths are 422 below
