@@ -25,6 +25,7 @@ from berthing.runtime.threads import available_cores
 from berthing.types import ModelLoadError
 
 GRACEFUL_SHUTDOWN_S = 60
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
 RECORD_STARTUP_AFTER_S = 0.5  # the startup-file list is written after the first requests (and what they import)
 
 
@@ -195,7 +196,6 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
 
     `record_startup`: the `berthing serve` arguments this process was launched with; the files its start read are
     then listed for the next start's read-ahead (berthing.prefetch)."""
-    import uvicorn
 
     console = console or Console(stderr=True, soft_wrap=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -222,22 +222,31 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
         x_host, x_port = sockets[2].getsockname()[:2]
         x_shown = f"[{x_host}]" if ":" in x_host else x_host
         console.print(f"metrics at {scheme}://{x_shown}:{x_port}/metrics (and on the inference port)")
-    config = uvicorn.Config(
+    server = _drained_server_class()(uvicorn_config(app, settings))
+    if record_startup is not None:
+        artifacts = [f for m in map(registry.get, registry.names()) for r in m.runtimes[:1] for f in _artifact_files(r)]
+        server.after_start = functools.partial(prefetch.record, list(record_startup), artifacts)
+    server.run(sockets=sockets)
+
+
+def uvicorn_config(app: Any, settings: Settings) -> Any:
+    """The server's settings: TLS when asked, idle connections closed, no proxy header believed."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         ssl_certfile=settings.ssl_certfile,  # every port of this server: inference, management, metrics
         ssl_keyfile=settings.ssl_keyfile,
+        proxy_headers=False,  # X-Forwarded-For is whatever a client writes: never trusted (a proxy in front logs it)
+        server_header=False,
     )
-    server = _drained_server_class()(config)
-    if record_startup is not None:
-        artifacts = [f for m in map(registry.get, registry.names()) for r in m.runtimes[:1] for f in _artifact_files(r)]
-        server.after_start = functools.partial(prefetch.record, list(record_startup), artifacts)
-    server.run(sockets=sockets)
 
 
 def _artifact_files(runtime: Any) -> list[Path]:
