@@ -16,6 +16,7 @@ from berthing.registry import Registry
 from tests.support import models as tiny
 from tests.support import ray_cluster
 from tests.support.http import clone
+from tests.support.s3 import MotoServer
 from tests.support.servers import ThreadServer
 
 # Most tests check fp32 parity with PyTorch to 1e-4, so their models load unoptimized (in this process and in every
@@ -28,6 +29,24 @@ os.environ.setdefault("BERTHING_BERT_SERVING_PORT_OUT", "0")
 ray_cluster.configure_env()  # before any test module imports Ray, which reads auth and addresses at import
 
 CACHE = Path(os.environ.get("BERTHING_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "tests"))
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """moto's S3-compatible server as a child process on a free loopback port, for one test module."""
+    server = MotoServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture()
+def aws_env(monkeypatch: pytest.MonkeyPatch, moto: MotoServer) -> None:
+    """The standard credential chain and berthing's S3 endpoint override (BERTHING_S3_ENDPOINT_URL), at moto."""
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")

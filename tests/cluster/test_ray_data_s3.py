@@ -8,7 +8,6 @@ sent with them. Results are compared record by record with the single-machine `b
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +22,7 @@ BUCKET = "reviews"
 classifier = test_ray_data.classifier  # the same fixture: the tiny classifier as a MODEL argument, and loaded
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, moto: MotoServer) -> None:
-    """The standard credential chain and berthing's endpoint override, pointed at the moto server (this process and
-    the CLI runs it starts; never the cluster's nodes)."""
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
+pytestmark = pytest.mark.usefixtures("aws_env")  # this process and the CLI runs it starts; never the nodes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,23 +26,7 @@ from tests.support.s3 import MotoServer
 TEXTS = ["the parcel came late", "物流很快, 包装完好"]
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, moto: MotoServer) -> None:
-    """The standard credential chain, pointed at the moto server through BERTHING_S3_ENDPOINT_URL."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv(s3.ENDPOINT_ENV, moto.url)
+pytestmark = pytest.mark.usefixtures("aws_env")  # the credential chain and BERTHING_S3_ENDPOINT_URL, at moto
 
 
 @pytest.fixture(scope="module")

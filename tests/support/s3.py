@@ -44,6 +44,7 @@ class MotoServer:
     def env(self) -> dict[str, str]:
         """The variables that point the standard credential chain and berthing's s3:// access at this server."""
         return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                "AWS_DEFAULT_REGION": "us-east-1",
                 ENDPOINT_ENV: self.url}
 
     def close(self) -> None:
