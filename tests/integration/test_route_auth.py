@@ -15,7 +15,7 @@ from tests.support.servers import DualServer
 INFERENCE_PUBLIC = {
     ("GET", "/ping"), ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/ready/{name}"),
     ("GET", "/health/ready/{name}/{version}"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("OPTIONS", "/"),
-    ("GET", "/docs"), ("GET", "/ui/app.js"), ("GET", "/ui/docs.js"), ("GET", "/ui/style.css"),
+    ("GET", "/docs"), ("GET", "/ui/dom.js"), ("GET", "/ui/app.js"), ("GET", "/ui/docs.js"), ("GET", "/ui/style.css"),
 }  # every protocol's own routes need it, their health routes too (KServe's /v2/health/*): probes use /health/*
 
 

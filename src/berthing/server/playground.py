@@ -26,7 +26,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-ASSETS = ("app.js", "docs.js", "style.css")
+ASSETS = ("dom.js", "app.js", "docs.js", "style.css")
 
 
 def accepts_html(scope: Scope) -> bool:

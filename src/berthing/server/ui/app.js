@@ -10,7 +10,6 @@ const EXAMPLES = {
   qa: { question: "Where is the Eiffel Tower?", context: "The Eiffel Tower is a wrought-iron tower in Paris, France." },
   rerank: { query: "how to reset a password", texts: "Open settings and choose 'reset password'.\nOur office opens at nine.\nPasswords must have eight characters." },
 };
-const $ = (id) => document.getElementById(id);
 let models = [];
 
 function token() {
@@ -21,16 +20,6 @@ function headers(json) {
   const out = json ? { "Content-Type": "application/json" } : {};
   if (token()) out.Authorization = "Bearer " + token();
   return out;
-}
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
 }
 
 function askToken(why) {

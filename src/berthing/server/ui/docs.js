@@ -1,18 +1,7 @@
 // GET /docs: /openapi.json rendered for people (routes by tag, their summaries, parameters, request fields, answers).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const METHODS = ["get", "post", "put", "patch", "delete", "options"];
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
 
 function resolve(schema, doc) {
   let out = schema || {};
