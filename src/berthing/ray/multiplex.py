@@ -82,14 +82,22 @@ class MultiplexApp:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        name = headers.get(MODEL_ID_HEADER) or _path_model(scope.get("path", "")) or headers.get(MODEL_HEADER)
+        headers = dict(scope.get("headers", []))  # ASGI header names are lower-case bytes: only two are looked up
+        name = _header(headers, _RAY_KEY) or _path_model(scope.get("path", "")) or _header(headers, _BERTHING_KEY)
         if name is None and scope.get("method") == "POST":
             body, receive = await _buffered(receive, min(self.limit, _BODY_PEEK_BYTES))
             name = _body_model(body)
         if name in self.allowed:
             await self.get_model(name)  # loads, or marks it recently used
         await self.app(scope, receive, send)
+
+
+_RAY_KEY, _BERTHING_KEY = MODEL_ID_HEADER.encode(), MODEL_HEADER.lower().encode()
+
+
+def _header(headers: dict[bytes, bytes], key: bytes) -> str | None:
+    value = headers.get(key)
+    return value.decode("latin-1") if value else None
 
 
 def _path_model(path: str) -> str | None:
