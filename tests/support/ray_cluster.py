@@ -105,12 +105,16 @@ def replica_states(app: str) -> dict[str, int]:
     return {str(k): v for k, v in status.deployments["berthing"].replica_states.items()}
 
 
-def replicas(app: str, handle: Any, want: int, tries: int = 200) -> dict[int, dict[str, Any]]:
-    """replica_info of each of `want` replicas, by pid, asking through the handle until each has answered (bounded)."""
+def replicas(app: str, handle: Any, want: int, seconds: float = 60.0) -> dict[int, dict[str, Any]]:
+    """replica_info of each of `want` replicas, by pid, asking through the handle until each has answered (bounded in
+    time: a replacement replica reaches the handle's router a moment after Serve reports it RUNNING)."""
+    import time
+
     seen: dict[int, dict[str, Any]] = {}
-    for _ in range(tries):
+    deadline = time.monotonic() + seconds
+    while len(seen) < want and time.monotonic() < deadline:
         info = handle.replica_info.remote().result(timeout_s=30)
         seen[info["pid"]] = info
-        if len(seen) >= want:
-            break
+        if len(seen) < want:
+            time.sleep(0.05)
     return seen
