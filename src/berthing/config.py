@@ -32,6 +32,8 @@ class ModelOverrides(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float | None = Field(None, ge=0, le=1000)
     max_queue: int | None = Field(None, ge=1)
+    max_queue_ms: float | None = Field(None, ge=0)
+    batch_timeout_s: float | None = Field(None, ge=0)
     optimize: Literal["auto", "none", "fused", "int8"] | None = None
 
 
@@ -78,6 +80,16 @@ class Settings(BaseModel):
     max_batch_size: int = Field(64, ge=1, description="Items per batch.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="Extra wait for a fuller batch; 0 = dispatch at once.")
     max_queue: int = Field(2048, ge=1, description="Items queued per model before answering 503.")
+    max_queue_ms: float = Field(
+        2000.0, ge=0,
+        description="Refuse at once (503 + Retry-After) a request that would wait longer in the model's queue: the "
+        "tokens queued over the model's measured tokens/s; 0 = no wait bound (max_queue only).",
+    )
+    batch_timeout_s: float = Field(
+        60.0, ge=0,
+        description="A batch that runs longer fails its requests (500) and the model is reported not ready until the "
+        "runtime returns; 0 = no bound.",
+    )
     max_items: int = Field(1024, ge=1, description="Items per request before answering 413.")
     input_field: str | None = Field(
         None, description="A JSON field that also holds the input, for clients with their own body (seed 001: log)."
@@ -123,6 +135,14 @@ class Settings(BaseModel):
     )
     trust_handlers: bool = Field(
         False, description="Run custom handler.py code carried by packages (it runs with the server's rights)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM: seconds to finish admitted requests before closing the rest (a second "
+        "SIGTERM ends at once).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that has not sent a whole request head within this many seconds is "
+        "closed (slow clients holding connections open).",
     )
     ssl_certfile: Path | None = Field(
         None, description="PEM certificate (chain) to serve HTTPS on the inference, management and metrics ports."
@@ -205,7 +225,10 @@ class Settings(BaseModel):
     def batch_limits(self, name: str | None = None) -> BatchLimits:
         """The batcher's share of the settings, with the model's own overrides."""
         merged = self._merged(name)
-        return BatchLimits(merged["max_batch_tokens"], merged["max_batch_size"], merged["max_wait_ms"], merged["max_queue"])
+        return BatchLimits(
+            merged["max_batch_tokens"], merged["max_batch_size"], merged["max_wait_ms"], merged["max_queue"],
+            merged["max_queue_ms"], merged["batch_timeout_s"],
+        )
 
     def _merged(self, name: str | None) -> dict[str, Any]:
         values = {key: getattr(self, key) for key in ModelOverrides.model_fields}

@@ -65,6 +65,8 @@ class BatchLimits:
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
     max_queue: int = 2048
+    max_queue_ms: float = 2000.0
+    batch_timeout_s: float = 60.0
 
 
 class Batcher:

@@ -22,14 +22,16 @@ from berthing.runtime.base import Runtime
 from berthing.spec import ModelSpec
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
-from berthing.types import BadRequest, ModelNotFound, PayloadTooLarge, TextInput
+from berthing.types import BadRequest, ModelNotFound, PayloadTooLarge, TextInput, TextPair
 
 # At most this many lanes: each is a whole session (~55 MB for MiniLM int8), so a many-core host gets fewer,
 # wider lanes (16 cores: 4 lanes x 4 threads) instead of one session per core. Measured only on 2 cores.
 MAX_LANES = 4
 
-# Requests with more items than this tokenize in a thread instead of on the event loop.
+# Requests with more items, or more characters, than this tokenize in a thread instead of on the event loop: a long
+# text would otherwise hold every other request until its tokenization ends.
 _INLINE_TOKENIZE_ITEMS = 16
+_INLINE_TOKENIZE_CHARS = 32_768
 
 # A trusted package's custom handler as loading.py attaches it: one request body in, its answer out (handler.py runs
 # the TorchServe lifecycle and names the handler's own errors).
@@ -207,7 +209,7 @@ class Model:
             self.start()
         assert self.batcher is not None
         checked = self.task.check(inputs, options)
-        if len(inputs) > _INLINE_TOKENIZE_ITEMS:
+        if len(inputs) > _INLINE_TOKENIZE_ITEMS or _chars(inputs) > _INLINE_TOKENIZE_CHARS:
             encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
         else:
             encoded = self.task.encode(self.encoder, inputs, checked)
@@ -290,6 +292,17 @@ class Model:
                 "maxQueue": self.limits.max_queue,
             },
         }
+
+
+def _chars(inputs: list[TextInput]) -> int:
+    """Characters to tokenize (pairs count both texts; pre-split words and token ids count as short)."""
+    total = 0
+    for item in inputs:
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, TextPair):
+            total += len(item.text) + len(item.text_pair)
+    return total
 
 
 def describe_lanes(threads: list[int]) -> str:

@@ -24,7 +24,6 @@ from berthing.registry import Registry
 from berthing.runtime.threads import available_cores
 from berthing.types import ModelLoadError
 
-GRACEFUL_SHUTDOWN_S = 60
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
 RECORD_STARTUP_AFTER_S = 0.5  # the startup-file list is written after the first requests (and what they import)
 
@@ -239,7 +238,7 @@ def uvicorn_config(app: Any, settings: Settings) -> Any:
         http="httptools",
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         ssl_certfile=settings.ssl_certfile,  # every port of this server: inference, management, metrics
