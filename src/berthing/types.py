@@ -64,6 +64,10 @@ class Overloaded(BerthingError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class DeadlineExceeded(Overloaded):
+    """The request's deadline (timeout_ms) passed while its items were queued: they were dropped, not computed."""
+
+
 class InferenceFailed(BerthingError):
     """A batch failed inside the runtime; only the requests in that batch see it."""
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from berthing.engine.admission import Throughput, check_wait, retry_after
 from berthing.engine.batching import select_batch
 from berthing.tasks.tokenize import Encoded
-from berthing.types import BerthingError, InferenceFailed, Overloaded
+from berthing.types import BerthingError, DeadlineExceeded, InferenceFailed, Overloaded
 
 
 def _count(n: int, noun: str) -> str:
@@ -42,6 +43,8 @@ LOAD_STREAK = 3
 # -15 to -25%). Workers keep one: a second batch formed early would be smaller, and batches that end with items
 # still queued are what tells the batcher to build the lanes.
 LANE_IN_FLIGHT = 2
+# Failed batches in a row after which the model is reported not ready (one bad input fails only its own batch).
+FAILURES_UNHEALTHY = 3
 
 
 def _timed(run: RunBatch, items: list[Encoded]) -> tuple[np.ndarray, float]:
@@ -55,6 +58,7 @@ def _timed(run: RunBatch, items: list[Encoded]) -> tuple[np.ndarray, float]:
 class _Item:
     encoded: Encoded
     future: asyncio.Future[Any]
+    deadline: float | None = None  # time.monotonic() after which the item is dropped rather than computed
 
 
 @dataclass
@@ -65,8 +69,8 @@ class BatchLimits:
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
     max_queue: int = 2048
-    max_queue_ms: float = 2000.0
-    batch_timeout_s: float = 60.0
+    max_queue_ms: float = 2000.0  # refuse a request expected to wait longer (0: count items only)
+    batch_timeout_s: float = 60.0  # stop waiting for a batch after this long (0: wait forever)
 
 
 class Batcher:
@@ -97,11 +101,39 @@ class Batcher:
         self._lanes: list[RunBatch] = []
         self._solo: RunBatch | None = None  # with lanes: the all-core runner, for batches that run alone
         self._solo_active = False
+        self.throughput = Throughput()
+        self._queued_tokens = 0  # tokens of _pending (items of a gone client count until the next take)
+        self._running_tokens = 0  # tokens of batches handed to a runner and not yet returned
+        self.dropped: dict[str, int] = {"disconnected": 0, "deadline": 0}  # items removed before they were computed
+        self.batch_timeouts = 0
+        self._hung: set[RunBatch] = set()  # runners whose batch outlived batch_timeout_s and has not returned
+        self._failures = 0  # batches in a row that raised
+        self._last_error = ""
 
     @property
     def depth(self) -> int:
         """Items waiting for a batch."""
         return len(self._pending)
+
+    def expected_wait(self) -> float | None:
+        """Seconds a new request would wait for its first batch (queued and running tokens over the measured rate)."""
+        if not self._pending and not self._busy:
+            return 0.0
+        return self.throughput.seconds(self._queued_tokens + self._running_tokens)
+
+    def _all_hung(self) -> bool:
+        """Every runner that takes batches is stuck in a batch past batch_timeout_s."""
+        active = [run for run in (self._lanes or self._runners) if run in self._workers]
+        return bool(active) and all(run in self._hung for run in active)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the model does not serve well now (readiness says so), or None."""
+        if self._all_hung():
+            return f"a batch has run for over {self.limits.batch_timeout_s:g} s and the runtime has not returned"
+        if self._failures >= FAILURES_UNHEALTHY:
+            return f"its last {self._failures} batches failed ({self._last_error})"
+        return None
 
     @property
     def running(self) -> bool:
@@ -184,29 +216,61 @@ class Batcher:
         if executor is not None:
             executor.shutdown(wait=False)
 
-    def submit(self, encoded: list[Encoded]) -> list[asyncio.Future[Any]]:
-        """Queue a request's items; a full queue answers 503 instead of growing without bound."""
+    def submit(self, encoded: list[Encoded], deadline: float | None = None) -> list[asyncio.Future[Any]]:
+        """Queue a request's items, or refuse them at once (503 + Retry-After): when the queue holds max_queue items,
+        when they would wait over max_queue_ms, or when they would end after `deadline` (time.monotonic())."""
         if not self._tasks or self._wakeup is None:
             raise BerthingError(f"model {self.name!r} is not running")
+        if self._all_hung():
+            raise Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30)
+        own = sum(item.length for item in encoded)
+        ahead = self._queued_tokens + self._running_tokens
         if self._pending and len(self._pending) + len(encoded) > self.limits.max_queue:
+            over = len(self._pending) + len(encoded) - self.limits.max_queue  # items that must drain first
+            excess = self.throughput.seconds(ahead * over // len(self._pending))
             raise Overloaded(
                 f"model {self.name!r} has {_count(len(self._pending), 'item')} queued "
-                f"(limit {self.limits.max_queue}); retry later"
+                f"(limit {self.limits.max_queue}); retry later",
+                retry_after=retry_after(excess or 1.0),
             )
+        if self._pending or self._busy:
+            ahead_s = self.throughput.seconds(ahead)
+            if ahead_s is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                check_wait(self.name, ahead_s, self.throughput.seconds(own) or 0.0, self.limits.max_queue_ms, left)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in encoded]
-        self._pending.extend(_Item(e, f) for e, f in zip(encoded, futures, strict=True))
+        self._pending.extend(_Item(e, f, deadline) for e, f in zip(encoded, futures, strict=True))
+        self._queued_tokens += own
         self._wakeup.set()
         return futures
 
+    def _live(self) -> list[_Item]:
+        """The pending items still wanted: a gone client's (its futures cancelled) and expired ones are dropped."""
+        now = time.monotonic()
+        live: list[_Item] = []
+        for item in self._pending:
+            if item.future.done():
+                self.dropped["disconnected"] += 1
+            elif item.deadline is not None and now > item.deadline:
+                self.dropped["deadline"] += 1
+                item.future.set_exception(DeadlineExceeded(
+                    f"model {self.name!r}: the request's deadline passed while its items were queued; "
+                    "they were not computed", retry_after=retry_after(self.expected_wait() or 1.0),
+                ))
+            else:
+                live.append(item)
+        return live
+
     def _take(self) -> list[_Item]:
-        pending = [item for item in self._pending if not item.future.done()]
+        pending = self._live()
         # Lanes split the token budget: each core gets a share (one-thread sessions run small batches best;
         # benchmarks/README.md, "Lanes"), so the padded tokens in flight stay what max_batch_tokens says.
         budget = max(1, self.limits.max_batch_tokens // len(self._lanes)) if self._lanes else self.limits.max_batch_tokens
         chosen = select_batch([item.encoded.length for item in pending], budget, self.limits.max_batch_size)
         picked = set(chosen)
         self._pending = [item for i, item in enumerate(pending) if i not in picked]
+        self._queued_tokens = sum(item.encoded.length for item in self._pending)
         return [pending[i] for i in chosen]
 
     async def _work(self, run: RunBatch) -> None:
@@ -230,20 +294,24 @@ class Batcher:
             if self._solo is not None and self._busy == 0 and not self._pending:
                 target = self._solo  # alone: all cores for this batch; the lanes wait until it ends
                 self._solo_active = True
+            tokens = sum(item.encoded.length for item in batch)
+            self.throughput.started(self._busy)
             self._busy += 1
+            self._running_tokens += tokens
             self._idle.clear()
             try:
-                rows, seconds = await loop.run_in_executor(
-                    self._executors[target], _timed, target, [item.encoded for item in batch]
-                )
+                rows, seconds = await self._run(loop, target, batch)
             except Exception as exc:  # noqa: BLE001 - a failing batch fails only its own requests
                 error = exc if isinstance(exc, BerthingError) else InferenceFailed(
                     f"inference failed on a batch of {_count(len(batch), 'item')}: {type(exc).__name__}: {exc}"
                 )
+                self._failures += 1
+                self._last_error = error.message
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(error)
             else:
+                self._failures = 0
                 for item, row in zip(batch, rows, strict=True):
                     if not item.future.done():
                         item.future.set_result(row)
@@ -252,12 +320,44 @@ class Batcher:
                     self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), seconds)
             finally:
                 self._busy -= 1
+                self._running_tokens -= tokens
+                self.throughput.finished(tokens)
                 if target is not run:
                     self._solo_active = False
                     self._wakeup.set()
                 if self._busy == 0 and not self._pending:
                     self._idle.set()
                 self._watch_load()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, target: RunBatch, batch: list[_Item]) -> tuple[np.ndarray, float]:
+        """Run a batch on `target`'s thread; past batch_timeout_s its requests fail and the runner counts as hung
+        until its thread returns (a thread cannot be stopped), and this worker waits for that before its next batch."""
+        running = loop.run_in_executor(self._executors[target], _timed, target, [item.encoded for item in batch])
+        timeout = self.limits.batch_timeout_s
+        if not timeout:
+            return await running
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), timeout)
+        except TimeoutError:
+            self.batch_timeouts += 1
+            self._hung.add(target)
+            error = InferenceFailed(
+                f"model {self.name!r}: a batch of {_count(len(batch), 'item')} did not finish in "
+                f"{timeout:g} s (batch_timeout_s); the model is reported not ready until its runtime returns"
+            )
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            if self._all_hung():  # nothing will take the queue: nothing will take the queue, so do not let it wait
+                for item in self._live():
+                    item.future.set_exception(Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30))
+                self._pending, self._queued_tokens = [], 0
+            try:
+                await running
+            except Exception:  # noqa: BLE001 - its requests were already answered
+                pass
+            self._hung.discard(target)
+            raise error from None
 
     def _watch_load(self) -> None:
         """After a batch: call on_load once when LOAD_STREAK batches in a row ended with items still queued."""

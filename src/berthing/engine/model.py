@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from berthing.engine.admission import DEADLINE, deadline_after
 from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
 from berthing.engine.batching import plan_batches
 from berthing.runtime.base import Runtime
@@ -208,6 +209,10 @@ class Model:
         if self.batcher is None or not self.batcher.running:
             self.start()
         assert self.batcher is not None
+        deadline = DEADLINE.get()
+        if "timeout_ms" in options:  # any protocol's body may carry it; the task's own options do not include it
+            options = dict(options)
+            deadline = deadline_after(options.pop("timeout_ms"))
         checked = self.task.check(inputs, options)
         if len(inputs) > _INLINE_TOKENIZE_ITEMS or _chars(inputs) > _INLINE_TOKENIZE_CHARS:
             encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
@@ -220,7 +225,13 @@ class Model:
             )
         if usage is not None:
             usage["tokens"] = usage.get("tokens", 0) + sum(item.length for item in encoded)
-        rows = await asyncio.gather(*self.batcher.submit(encoded))
+        futures = self.batcher.submit(encoded, deadline)
+        try:
+            rows = await asyncio.gather(*futures)
+        except BaseException:  # one item failed, or the client went away: its other items need not be computed
+            for future in futures:
+                future.cancel()
+            raise
         return self.task.finish(list(rows), encoded, inputs, checked)
 
     async def handle_request(self, body: Any) -> Any:

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from berthing.config import Settings
+from berthing.engine.admission import DEADLINE, deadline_after
 from berthing.engine.model import Model
 from berthing.registry import Registry
 from berthing.server.metrics import Metrics
@@ -26,11 +27,13 @@ from berthing.types import BadRequest, BerthingError, InvalidInput, ModelNotFoun
 
 DRAIN_BYTES = 64 * 1024 * 1024  # of a refused body read and dropped so its client can read the 413 (see _drain)
 DRAIN_S = 10.0
+SHED_LOG_S = 10.0  # at most one overload warning per model per this many seconds
 __all__ = ["Call", "Gateway", "WrongTask", "dumps", "error_response", "json_response", "parse_json", "read_body"]
 
 log = logging.getLogger("berthing.server")
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer": metrics only, never sent
 MODEL_HEADER = "x-berthing-model"  # picks the model on routes whose protocol names none (TEI, bert-serving)
+TIMEOUT_HEADER = "x-berthing-timeout-ms"  # the request's deadline on every protocol (a body's timeout_ms wins)
 TASK_NOUNS = {
     "embed": "an embedding model", "classify": "a classification model", "ner": "a token classification (NER) model",
     "qa": "a question answering model", "rerank": "a reranking model",
@@ -46,11 +49,31 @@ class WrongTask(InvalidInput):
     type = "WrongTask"
 
 
+class ShedLog:
+    """Refusals under overload, logged as one warning per model per SHED_LOG_S with the count since: at 4x load a
+    line per refusal would be thousands of lines a second, written by the loop that should be answering."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def note(self, protocol: str, label: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(label, -SHED_LOG_S) < SHED_LOG_S:
+            self._since[label] = self._since.get(label, 0) + 1
+            return
+        more = self._since.pop(label, 0)
+        self._last[label] = now
+        extra = f" ({more} more refusals since the last line)" if more else ""
+        log.warning("%s %s: %s%s", protocol, label, message, extra)
+
+
 class Gateway:
     """The models and limits every adapter serves from; one per app."""
 
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics) -> None:
         self.registry, self.settings, self.metrics = registry, settings, metrics
+        self.shed = ShedLog()
 
     def default_name(self, tasks: tuple[str, ...] | None = None) -> str:
         """The model of requests that name none: --default-model, else the first model served; when the route needs
@@ -86,7 +109,7 @@ class Gateway:
         self, protocol: str, route: str, handler: Handler, errors: ErrorMapper
     ) -> Callable[[Request], Awaitable[Response]]:
         """A Starlette endpoint: auth, the handler, errors in the protocol's shape, metrics by protocol and route."""
-        metrics, settings = self.metrics, self.settings
+        metrics, settings, shed = self.metrics, self.settings, self.shed
 
         async def run(request: Request) -> Response:
             started = time.perf_counter()
@@ -94,14 +117,18 @@ class Gateway:
             try:
                 if settings.inference_token:
                     check_token(request.headers.get("authorization"), settings.inference_token, "inference")
+                timeout = request.headers.get(TIMEOUT_HEADER)
+                if timeout is not None:
+                    DEADLINE.set(deadline_after(timeout, "header X-Berthing-Timeout-Ms"))
                 response = await handler(request, call)
             except BerthingError as error:
-                if error.code >= 500:  # 503 is load shedding, expected under overload: a warning, not an error
-                    level = logging.WARNING if error.code == 503 else logging.ERROR
-                    log.log(level, "%s %s: %s", protocol, call.label, error.message)
+                if error.code == 503:  # load shedding, expected under overload: a warning, at most one per interval
+                    shed.note(protocol, call.label, error.message)
+                elif error.code >= 500:
+                    log.error("%s %s: %s", protocol, call.label, error.message)
                 response = errors(error)
             except ClientDisconnect:
-                log.info("%s: client disconnected while sending the body", call.label)
+                log.info("%s: the client disconnected before its answer", call.label)
                 response = Response(status_code=CLIENT_CLOSED)
             except Exception as exc:
                 log.exception("unexpected error on %s %s", protocol, call.label)
@@ -119,6 +146,7 @@ class Call:
     def __init__(self, gateway: Gateway, request: Request) -> None:
         self.gateway, self.request = gateway, request
         self.label = "unknown"  # never a label per unknown name: that would let clients grow /metrics without bound
+        self._body_read = False
 
     @property
     def settings(self) -> Settings:
@@ -135,7 +163,9 @@ class Call:
 
     async def body(self) -> bytes:
         """The body, refused with 413 as soon as it passes the limit (declared or streamed)."""
-        return await read_body(self.request, self.settings.max_body_bytes)
+        body = await read_body(self.request, self.settings.max_body_bytes)
+        self._body_read = True
+        return body
 
     async def json(self, empty: str = "empty body: send a JSON object") -> Any:
         """The body parsed as JSON whatever its Content-Type (tritonclient and curl -T send none); 400 when it is not."""
@@ -146,13 +176,41 @@ class Call:
 
     async def infer(self, model: Model, inputs: list[TextInput], options: dict[str, Any],
                     usage: dict[str, int] | None = None) -> list[Any]:
-        """Results in input order through the model's batcher; `usage['tokens']` gets the tokens run."""
-        return await model.infer(inputs, options, usage=usage)
+        """Results in input order through the model's batcher; `usage['tokens']` gets the tokens run. A client that
+        disconnects meanwhile has its queued items dropped (ClientDisconnect: logged and counted, never answered)."""
+        if not self._body_read:  # the watcher would take body chunks; every JSON route has read its body by now
+            return await model.infer(inputs, options, usage=usage)
+        return await until_disconnect(self.request, model.infer(inputs, options, usage=usage))
 
     def check_items(self, count: int, field: str) -> None:
         """The server's per-request item limit (max_items), as a 413 naming the field."""
         if count > self.settings.max_items:
             raise PayloadTooLarge(f"field '{field}' has {count} items, over the limit of {self.settings.max_items}")
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """`work`'s result, or ClientDisconnect as soon as the client goes away (the work is cancelled: its queued items
+    are dropped before they are computed). Only after the body was read: then the next ASGI message is the
+    disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task.done():
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientDisconnect()
 
 
 async def read_body(request: Request, limit: int) -> bytes:

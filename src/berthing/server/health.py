@@ -1,7 +1,8 @@
 """Liveness and readiness for Kubernetes and KServe-style probes: /health/live, /health/ready, per model too.
 
 `GET /ping` stays TorchServe's. Probes carry no token, so these routes need none, and they say no more than which
-models serve. A model is ready while its batcher runs: loaded, started with the server, not unregistered.
+models serve. A model is ready while its batcher runs (loaded, started with the server, not unregistered), no
+batch is hung past batch_timeout_s on every runner, and its last batches did not all fail.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def problem(model: Any) -> str | None:
         return "unregistered"
     if model.batcher is None or not model.batcher.running:
         return "not started" if model.batcher is None else "its batcher stopped"
-    return None
+    return model.batcher.problem  # a batch hung past batch_timeout_s, or batches failing in a row
 
 
 def _state(model: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from berthing.engine.admission import DEADLINE
 from berthing.server.gateway import Gateway
 from berthing.server.protocols import kserve_tensors as kt
 from berthing.server.protocols.kserve_grpc_proto import CLASSES, METHODS, SERVICE
@@ -49,6 +50,12 @@ def parameter(value: Any) -> Any:
     return getattr(value, which) if which else None
 
 
+async def _within(coroutine: Coroutine[Any, Any, Any], deadline: float) -> Any:
+    """Run `coroutine` with the request's deadline set, so the batcher refuses or drops work that would be late."""
+    DEADLINE.set(deadline)
+    return await coroutine
+
+
 class Service:
     """The RPCs, each run in a pool thread; inference is awaited on the app's loop."""
 
@@ -56,6 +63,9 @@ class Service:
         self.gateway, self.loop = gateway, loop
 
     def _await(self, coroutine: Coroutine[Any, Any, Any], context: grpc.ServicerContext) -> Any:
+        remaining = context.time_remaining()  # the client's gRPC deadline, as X-Berthing-Timeout-Ms is over HTTP
+        if remaining is not None:
+            coroutine = _within(coroutine, time.monotonic() + remaining)
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         context.add_callback(future.cancel)  # the client went away or its deadline passed
         return future.result()

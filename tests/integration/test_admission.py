@@ -1,0 +1,175 @@
+"""Admission, deadlines, gone clients, hung and failing models, through a real server on loopback."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import socket
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+
+from berthing.engine.batcher import FAILURES_UNHEALTHY, BatchLimits
+from berthing.engine.model import Model
+from berthing.runtime.base import Runtime
+from berthing.tasks.tokenize import Features
+from tests.support.http import WAIT_S, clone, metric, wait_for
+from tests.support.overload import GatedRuntime
+from tests.support.servers import ThreadServer
+
+
+class BrokenRuntime:
+    """A runtime that raises on every batch (a corrupt model, a runtime bug)."""
+
+    def __init__(self, inner: Runtime) -> None:
+        self.name, self.threads = inner.name, inner.threads
+
+    def run(self, features: Features) -> np.ndarray:
+        raise RuntimeError("broken runtime")
+
+
+def served(server: ThreadServer, name: str) -> Model:
+    return server.app.state.registry.get(name)
+
+
+def test_refusals_by_expected_wait_and_by_deadline_say_when_to_retry(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    base = load("classify")
+    gate = GatedRuntime(base.runtimes[0])
+    with server_factory({"g": clone(base, "g", [gate])}) as server, cf.ThreadPoolExecutor(1) as pool:
+        url = f"{server.url}/predictions/g"
+        try:
+            running = pool.submit(httpx.post, url, json={"input": "first"}, timeout=WAIT_S * 2)
+            assert gate.entered.wait(WAIT_S)
+            batcher = served(server, "g").batcher
+            assert batcher is not None
+            batcher.throughput.rate = 1.0  # tokens/s, as if measured: the running batch's tokens are seconds ahead
+            ahead = batcher.expected_wait()
+            assert ahead is not None and ahead > 2
+            shed = httpx.post(url, json={"input": "second"})
+            assert shed.status_code == 503
+            assert shed.json()["message"] == (
+                f"model 'g' is busy: a new request would wait about {ahead:.1f} s in its queue (limit "
+                "max_queue_ms=2000); retry later"
+            )
+            assert shed.headers["retry-after"] == str(int(np.ceil(ahead - 2)))
+            batcher.limits.max_queue_ms = 0  # no wait bound: only the request's own deadline refuses it
+            late = httpx.post(url, json={"input": "x"}, headers={"X-Berthing-Timeout-Ms": "500"})
+            assert late.status_code == 503 and "past its deadline (" in late.json()["message"]
+            late = httpx.post(url, json={"input": "x", "timeout_ms": 500})  # the same, as a body option
+            assert late.status_code == 503 and "past its deadline (" in late.json()["message"]
+            wrong = httpx.post(url, json={"input": "x"}, headers={"X-Berthing-Timeout-Ms": "soon"})
+            assert (wrong.status_code, wrong.json()["message"]) == (
+                422, "header X-Berthing-Timeout-Ms must be a number of milliseconds above 0 and at most 3600000")
+            wrong = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x", "model": "g"},
+                               headers={"X-Berthing-Timeout-Ms": "-1"})
+            assert wrong.status_code == 422 and "error" in wrong.json()  # in the protocol's own error shape
+        finally:
+            gate.release.set()
+        assert running.result().status_code == 200
+        ok = httpx.post(url, json={"input": "x", "timeout_ms": 30000}, headers={"X-Berthing-Timeout-Ms": "30000"})
+        assert ok.status_code == 200
+        assert metric(server.url, "berthing_tokens_per_second", model="g:1.0") is not None
+
+
+def test_a_client_that_disconnects_has_its_queued_items_dropped_before_they_run(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    base = load("classify")
+    gate = GatedRuntime(base.runtimes[0])
+    with server_factory({"g": clone(base, "g", [gate])}) as server, cf.ThreadPoolExecutor(1) as pool:
+        url = f"{server.url}/predictions/g"
+        try:
+            running = pool.submit(httpx.post, url, json={"input": "first"}, timeout=WAIT_S * 2)
+            assert gate.entered.wait(WAIT_S)
+            body = b'{"input": ["gone one", "gone two"]}'
+            with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+                sock.sendall(b"POST /predictions/g HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                wait_for(lambda: metric(server.url, "berthing_queue_depth", model="g:1.0") == 2.0, "two queued items")
+            wait_for(lambda: metric(server.url, "berthing_requests_total", model="g:1.0", status="499") == 1.0,
+                     "the disconnect to be seen")
+        finally:
+            gate.release.set()
+        assert running.result().status_code == 200
+        wait_for(lambda: metric(server.url, "berthing_queue_dropped_total", model="g:1.0", reason="disconnected") == 2.0,
+                 "the gone client's two items dropped")
+        assert metric(server.url, "berthing_batch_size_count", model="g:1.0") == 1.0  # only the first batch ran
+        assert httpx.post(url, json={"input": "after"}).status_code == 200
+
+
+def test_a_model_failing_every_batch_is_not_ready_while_the_others_serve(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    base = load("classify")
+    broken = clone(base, "broken", [BrokenRuntime(base.runtimes[0])])
+    with server_factory({"broken": broken, "good": base}) as server:
+        for _ in range(FAILURES_UNHEALTHY):
+            failed = httpx.post(f"{server.url}/predictions/broken", json={"input": "x"})
+            assert failed.status_code == 500
+            assert failed.json()["message"] == "inference failed on a batch of 1 item: RuntimeError: broken runtime"
+        state = httpx.get(f"{server.url}/health/ready/broken")
+        assert state.status_code == 503
+        assert state.json()["reason"] == (
+            f"its last {FAILURES_UNHEALTHY} batches failed (inference failed on a batch of 1 item: RuntimeError: "
+            "broken runtime)"
+        )
+        assert httpx.get(f"{server.url}/health/ready").status_code == 503
+        assert httpx.get(f"{server.url}/health/ready/good").status_code == 200
+        assert httpx.post(f"{server.url}/predictions/good", json={"input": "x"}).status_code == 200
+
+
+def test_a_hung_batch_is_bounded_reported_and_recovered(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    base = load("classify")
+    gate = GatedRuntime(base.runtimes[0])
+    with server_factory({"g": clone(base, "g", [gate])}, limits=BatchLimits(batch_timeout_s=0.5)) as server:
+        url = f"{server.url}/predictions/g"
+        try:
+            hung = httpx.post(url, json={"input": "stuck"}, timeout=WAIT_S)
+            assert (hung.status_code, hung.json()["message"]) == (500, (
+                "model 'g': a batch of 1 item did not finish in 0.5 s (batch_timeout_s); the model is reported not "
+                "ready until its runtime returns"))
+            state = httpx.get(f"{server.url}/health/ready/g")
+            assert (state.status_code, state.json()["reason"]) == (
+                503, "a batch has run for over 0.5 s and the runtime has not returned")
+            refused = httpx.post(url, json={"input": "next"})
+            assert (refused.status_code, refused.headers["retry-after"]) == (503, "30")
+            assert metric(server.url, "berthing_batch_timeouts_total", model="g:1.0") == 1.0
+        finally:
+            gate.release.set()
+        wait_for(lambda: httpx.get(f"{server.url}/health/ready/g").status_code == 200, "the model ready again")
+        assert httpx.post(url, json={"input": "after"}).status_code == 200
+
+
+def test_a_grpc_deadline_is_the_request_deadline(
+    load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
+) -> None:
+    import tritonclient.grpc as triton
+
+    base = load("embed")
+    gate = GatedRuntime(base.runtimes[0])
+    with server_factory({"g": clone(base, "g", [gate])}, limits=BatchLimits(max_queue_ms=0)) as server, \
+            cf.ThreadPoolExecutor(1) as pool:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.listener_port('kserve-grpc', 'grpc')}")
+        text = triton.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"late"], dtype=object))
+        try:
+            running = pool.submit(httpx.post, f"{server.url}/predictions/g", json={"input": "first"}, timeout=WAIT_S * 2)
+            assert gate.entered.wait(WAIT_S)
+            batcher = served(server, "g").batcher
+            assert batcher is not None
+            batcher.throughput.rate = 1.0  # tokens/s: the running batch is seconds ahead of anything sent now
+            try:
+                client.infer("g", [text], client_timeout=1.0)
+            except triton.InferenceServerException as exc:
+                assert exc.status() == "StatusCode.UNAVAILABLE"
+                assert "past its deadline" in exc.message()
+            else:
+                raise AssertionError("a request that would end after its gRPC deadline was admitted")
+        finally:
+            gate.release.set()
+            client.close()
+        assert running.result().status_code == 200
