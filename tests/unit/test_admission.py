@@ -221,3 +221,20 @@ def test_check_wait_and_deadlines_validate_their_input() -> None:
         with pytest.raises(InvalidInput) as refused:
             deadline_after(bad)
         assert refused.value.message == "timeout_ms must be a number of milliseconds above 0 and at most 3600000"
+
+
+def test_overload_warnings_are_one_per_model_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    from berthing.server.gateway import SHED_LOG_S, ShedLog
+
+    shed = ShedLog()
+    with caplog.at_level("WARNING", logger="berthing.server"):
+        for _ in range(50):
+            shed.note("torchserve", "m:1.0", "model 'm' is busy")
+        shed.note("openai", "other:1.0", "model 'other' is busy")  # each model has its own interval
+        shed._last["m:1.0"] -= SHED_LOG_S  # the interval has passed
+        shed.note("torchserve", "m:1.0", "model 'm' is busy")
+    assert [r.getMessage() for r in caplog.records] == [
+        "torchserve m:1.0: model 'm' is busy",
+        "openai other:1.0: model 'other' is busy",
+        "torchserve m:1.0: model 'm' is busy (49 more refusals since the last line)",
+    ]
