@@ -190,6 +190,7 @@ def test_the_units_settings_and_command_are_berthing_serves(monkeypatch: pytest.
     assert settings.model_store == Path("/srv/berthing/models") and settings.cache_dir == Path("/var/cache/berthing")
     assert settings.drain_timeout_s == float(env["BERTHING_DRAIN_TIMEOUT_S"])
     assert settings.management_token_file == Path("/run/berthing/key_file.json")
+    assert env["PYTHONFAULTHANDLER"] == "1"  # a native crash leaves the Python stacks in the journal
 
 
 def test_the_units_readiness_wait_holds_the_start_until_every_model_serves(load, settings: Settings) -> None:
@@ -383,5 +384,6 @@ def test_the_containers_settings_are_berthing_serves(monkeypatch: pytest.MonkeyP
     for resource in ("cpu", "memory"):  # requests equal to limits: the Guaranteed QoS class
         assert resources["requests"][resource] == resources["limits"][resource]
     assert configured.threads == int(resources["requests"]["cpu"])  # a CPU limit does not narrow the affinity
+    assert {item["name"]: item["value"] for item in container()["env"]}["PYTHONFAULTHANDLER"] == "1"
     protocols = configured.enabled_protocols()
     assert "kserve-grpc" not in protocols and "bert-serving" not in protocols and "torchserve" in protocols
