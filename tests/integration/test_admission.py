@@ -19,13 +19,16 @@ from tests.support.servers import ThreadServer
 
 
 class BrokenRuntime:
-    """A runtime that raises on every batch (a corrupt model, a runtime bug)."""
+    """A runtime that raises on every batch while `broken` (a corrupt model, a runtime bug), then recovers."""
 
     def __init__(self, inner: Runtime) -> None:
-        self.name, self.threads = inner.name, inner.threads
+        self.inner, self.name, self.threads = inner, inner.name, inner.threads
+        self.broken = True
 
     def run(self, features: Features) -> np.ndarray:
-        raise RuntimeError("broken runtime")
+        if self.broken:
+            raise RuntimeError("broken runtime")
+        return self.inner.run(features)
 
 
 def served(server: ThreadServer, name: str) -> Model:
@@ -103,21 +106,27 @@ def test_a_model_failing_every_batch_is_not_ready_while_the_others_serve(
     load: Callable[..., Model], server_factory: Callable[..., ThreadServer]
 ) -> None:
     base = load("classify")
-    broken = clone(base, "broken", [BrokenRuntime(base.runtimes[0])])
+    runtime = BrokenRuntime(base.runtimes[0])
+    broken = clone(base, "broken", [runtime])
     with server_factory({"broken": broken, "good": base}) as server:
         for _ in range(FAILURES_UNHEALTHY):
             failed = httpx.post(f"{server.url}/predictions/broken", json={"input": "x"})
             assert failed.status_code == 500
             assert failed.json()["message"] == "inference failed on a batch of 1 item: RuntimeError: broken runtime"
-        state = httpx.get(f"{server.url}/health/ready/broken")
+        state = httpx.get(f"{server.url}/health/ready/broken")  # its probe batch fails too: one more
         assert state.status_code == 503
         assert state.json()["reason"] == (
-            f"its last {FAILURES_UNHEALTHY} batches failed (inference failed on a batch of 1 item: RuntimeError: "
+            f"its last {FAILURES_UNHEALTHY + 1} batches failed (inference failed on a batch of 1 item: RuntimeError: "
             "broken runtime)"
         )
         assert httpx.get(f"{server.url}/health/ready").status_code == 503
         assert httpx.get(f"{server.url}/health/ready/good").status_code == 200
         assert httpx.post(f"{server.url}/predictions/good", json={"input": "x"}).status_code == 200
+        # a model that reads not ready gets no traffic: the probe runs one batch itself to find it well again
+        assert httpx.get(f"{server.url}/health/ready/broken").status_code == 503  # still broken: its probe failed too
+        runtime.broken = False
+        assert httpx.get(f"{server.url}/health/ready/broken").status_code == 200
+        assert httpx.get(f"{server.url}/health/ready").status_code == 200
 
 
 def test_a_hung_batch_is_bounded_reported_and_recovered(

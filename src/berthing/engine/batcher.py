@@ -121,17 +121,23 @@ class Batcher:
             return 0.0
         return self.throughput.seconds(self._queued_tokens + self._running_tokens)
 
-    def _all_hung(self) -> bool:
+    @property
+    def hung(self) -> bool:
         """Every runner that takes batches is stuck in a batch past batch_timeout_s."""
         active = [run for run in (self._lanes or self._runners) if run in self._workers]
         return bool(active) and all(run in self._hung for run in active)
 
     @property
+    def failing(self) -> bool:
+        """Its last FAILURES_UNHEALTHY batches (or more) failed; one success clears it (a readiness probe may run one)."""
+        return self._failures >= FAILURES_UNHEALTHY
+
+    @property
     def problem(self) -> str | None:
         """Why the model does not serve well now (readiness says so), or None."""
-        if self._all_hung():
+        if self.hung:
             return f"a batch has run for over {self.limits.batch_timeout_s:g} s and the runtime has not returned"
-        if self._failures >= FAILURES_UNHEALTHY:
+        if self.failing:
             return f"its last {self._failures} batches failed ({self._last_error})"
         return None
 
@@ -221,7 +227,7 @@ class Batcher:
         when they would wait over max_queue_ms, or when they would end after `deadline` (time.monotonic())."""
         if not self._tasks or self._wakeup is None:
             raise BerthingError(f"model {self.name!r} is not running")
-        if self._all_hung():
+        if self.hung:
             raise Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30)
         own = sum(item.length for item in encoded)
         ahead = self._queued_tokens + self._running_tokens
@@ -348,7 +354,7 @@ class Batcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
-            if self._all_hung():  # nothing will take the queue: nothing will take the queue, so do not let it wait
+            if self.hung:  # nothing will take the queue, so do not let it wait
                 for item in self._live():
                     item.future.set_exception(Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30))
                 self._pending, self._queued_tokens = [], 0

@@ -33,6 +33,7 @@ MAX_LANES = 4
 # text would otherwise hold every other request until its tokenization ends.
 _INLINE_TOKENIZE_ITEMS = 16
 _INLINE_TOKENIZE_CHARS = 32_768
+PROBE_S = 5.0  # a readiness probe's batch gets this long (probes time out at 1 s by default; they retry)
 
 # A trusted package's custom handler as loading.py attaches it: one request body in, its answer out (handler.py runs
 # the TorchServe lifecycle and names the handler's own errors).
@@ -233,6 +234,14 @@ class Model:
                 future.cancel()
             raise
         return self.task.finish(list(rows), encoded, inputs, checked)
+
+    async def probe(self, timeout: float = PROBE_S) -> None:
+        """One tiny batch through the batcher, raising if it fails: how a model whose batches failed is found well
+        again without traffic (a readiness probe that is failing gets none)."""
+        if self.batcher is None or not self.batcher.running:
+            return
+        items = self.encoder.encode(["berthing readiness probe"])
+        await asyncio.wait_for(asyncio.gather(*self.batcher.submit(items)), timeout)
 
     async def handle_request(self, body: Any) -> Any:
         """One request body through the custom handler, in a worker thread (its model calls use the batcher)."""

@@ -107,14 +107,15 @@ class _Replica:
         }
 
     def check_health(self) -> None:
-        """Ray's health check: a replica whose model's batcher stopped is replaced, not sent more traffic."""
+        """Ray's health check: a replica whose model's batcher stopped, or whose every runner is hung in a batch past
+        batch_timeout_s, is replaced, not sent more traffic."""
         registry = _REPLICA.get("registry")
         if registry is None:
             raise RuntimeError("the berthing app is not built yet")
         from berthing.server.health import problem
 
         for model in registry.all():
-            reason = problem(model)
+            reason = problem(model, failures=False)  # a stopped batcher or a hung batch; not what inputs did
             if reason is not None and model.batcher is not None:  # "not started": Ray asks before the app's lifespan
                 raise RuntimeError(f"model {model.name!r}: {reason}")
 

@@ -7,6 +7,7 @@ batch is hung past batch_timeout_s on every runner, and its last batches did not
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from starlette.requests import Request
@@ -20,17 +21,31 @@ from berthing.types import ModelNotFound
 JSON = "application/json"
 
 
-def problem(model: Any) -> str | None:
-    """Why a model does not serve now, or None when it does."""
+def problem(model: Any, failures: bool = True) -> str | None:
+    """Why a model does not serve now, or None when it does; `failures=False` leaves out batches failing in a row
+    (Ray's health check: replacing a replica for what its inputs did would let a client restart replicas)."""
     if model.retired:
         return "unregistered"
     if model.batcher is None or not model.batcher.running:
         return "not started" if model.batcher is None else "its batcher stopped"
+    if not failures and not model.batcher.hung:
+        return None
     return model.batcher.problem  # a batch hung past batch_timeout_s, or batches failing in a row
 
 
-def _state(model: Any) -> dict[str, Any]:
+async def recheck(model: Any) -> str | None:
+    """problem(), after one probe batch when the model's batches have been failing: a model that gets no traffic
+    because it reads not ready would otherwise never read ready again."""
     reason = problem(model)
+    if reason is not None and model.batcher is not None and model.batcher.failing:
+        with contextlib.suppress(Exception):
+            await model.probe()
+        reason = problem(model)
+    return reason
+
+
+async def _state(model: Any) -> dict[str, Any]:
+    reason = await recheck(model)
     return {"version": model.version, "ready": reason is None, **({"reason": reason} if reason else {})}
 
 
@@ -41,7 +56,7 @@ def routes(registry: Registry, error_response: Any) -> list[Route]:
         return Response(b'{"status":"alive"}', media_type=JSON)
 
     async def ready(_: Request) -> Response:
-        models = {f"{m.name}:{m.version}": _state(m) for m in registry.all()}
+        models = {f"{m.name}:{m.version}": await _state(m) for m in registry.all()}
         ok = all(state["ready"] for state in models.values())  # no model yet (a store to register from): ready
         body = {"status": "ready" if ok else "not ready", "models": models}
         return Response(dumps(body), status_code=200 if ok else 503, media_type=JSON)
@@ -52,7 +67,7 @@ def routes(registry: Registry, error_response: Any) -> list[Route]:
             model = registry.get(name, version)
         except ModelNotFound as exc:
             return error_response(exc)
-        state = {"model": model.name, **_state(model)}
+        state = {"model": model.name, **(await _state(model))}
         return Response(dumps(state), status_code=200 if state["ready"] else 503, media_type=JSON)
 
     return [
