@@ -16,7 +16,7 @@ import numpy as np
 from berthing.inputs import check_list, json_type, text_value
 from berthing.spec import ModelSpec
 from berthing.tasks.base import Task, option_bool, option_int
-from berthing.tasks.tokenize import Encoded, Encoder, Features
+from berthing.tasks.tokenize import CHARS_PER_TOKEN, Encoded, Encoder, Features, window_capacity
 from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
 
 MAX_SEQ_LEN = 384  # the pipeline's window length: min(model_max_length, 384)
@@ -212,13 +212,27 @@ class QaTask(Task):
                 f"{specials} special tokens), got {stride}"
             )
         pairs = [p for p in inputs if isinstance(p, TextPair)]
-        if options["max_question_len"] is not None:
-            pairs = self._cut_questions(encoder, pairs, options["max_question_len"])
+        limit = options["max_question_len"]
+        if limit is not None and limit < encoder.max_length:  # a bounded prefix with the question's limit+1 tokens
+            questions = encoder.prefixes([p.text for p in pairs], limit + 1)
+            pairs = [TextPair(q, p.text_pair) for q, p in zip(questions, pairs, strict=True)]
+        else:  # _cut_questions never cuts at max_length or more: the question is tokenized whole, so bounded first
+            self._check_questions(pairs, max_len)
+        if limit is not None:
+            pairs = self._cut_questions(encoder, pairs, limit)
         q_lens = _token_counts(encoder, [p.text for p in pairs])
-        c_lens = _token_counts(encoder, [p.text_pair for p in pairs])
+        capacities = [self._capacity(max_len - q - specials, stride, default_stride) for q in q_lens]
+        for i, (pair, capacity) in enumerate(zip(pairs, capacities, strict=True)):
+            if capacity > max_len and len(pair.text_pair) > capacity * CHARS_PER_TOKEN:  # windowed; not tokenized yet
+                raise PayloadTooLarge(
+                    f"input[{i}].context has {len(pair.text_pair)} characters, over the {capacity * CHARS_PER_TOKEN} "
+                    f"that {MAX_WINDOWS} windows of {max_len} tokens can hold at {CHARS_PER_TOKEN} characters per "
+                    "token; send shorter contexts"
+                )
+        counted = encoder.count_tokens([p.text_pair for p in pairs], capacities)  # exact up to what fits
         groups: dict[int, list[int]] = {}
         total_windows = 0
-        for i, (q, c) in enumerate(zip(q_lens, c_lens, strict=True)):
+        for i, (q, (c, exact)) in enumerate(zip(q_lens, counted, strict=True)):
             room = max_len - q - specials
             if q + c + specials <= max_len:  # one window: the stride is never used
                 groups.setdefault(stride if stride is not None else default_stride, []).append(i)
@@ -238,9 +252,11 @@ class QaTask(Task):
                 chosen = default_stride if default_stride < room else room // 2
             total_windows += 1 + -(-(c - room) // (room - chosen))
             if total_windows > MAX_WINDOWS:  # counted before tokenizing them: a tiny step would make millions
+                alone = 1 + -(-(c - room) // (room - chosen))
                 raise PayloadTooLarge(
                     f"the contexts need more than {MAX_WINDOWS} windows of {max_len} tokens (input[{i}] alone "
-                    f"needs {1 + -(-(c - room) // (room - chosen))}); send shorter contexts or a smaller doc_stride"
+                    f"needs {alone if exact else f'more than {MAX_WINDOWS}'}); send shorter contexts or a smaller "
+                    "doc_stride"
                 )
             groups.setdefault(chosen, []).append(i)
         items: list[Encoded] = []
@@ -250,6 +266,30 @@ class QaTask(Task):
                 items.append(item)
         items.sort(key=lambda item: item.source)  # stable: windows stay in order within their input
         return items
+
+    @staticmethod
+    def _capacity(room: int, stride: int | None, default_stride: int) -> int:
+        """Context tokens that MAX_WINDOWS windows hold beside a question leaving `room` tokens; just `room` where
+        only one window is allowed (the question leaves none, or doc_stride does not fit): more is an error then."""
+        chosen = stride
+        if chosen is None:
+            chosen = default_stride if default_stride < room else room // 2
+        if room < 1 or chosen >= room:
+            return max(room, 0)
+        return window_capacity(room, chosen, MAX_WINDOWS)
+
+    @staticmethod
+    def _check_questions(pairs: list[TextPair], max_len: int) -> None:
+        """413 for a question that could not fit in one window at CHARS_PER_TOKEN characters a token, before
+        tokenizing it (a max_question_len under the max length cuts questions instead)."""
+        limit = CHARS_PER_TOKEN * max_len
+        for i, pair in enumerate(pairs):
+            if len(pair.text) > limit:
+                raise PayloadTooLarge(
+                    f"input[{i}].question has {len(pair.text)} characters, over the {limit} that a window of {max_len} "
+                    f"tokens can hold at {CHARS_PER_TOKEN} characters per token; send a shorter question or set "
+                    f"max_question_len (under {max_len}) to cut it"
+                )
 
     @staticmethod
     def _cut_questions(encoder: Encoder, pairs: list[TextPair], limit: int) -> list[TextPair]:

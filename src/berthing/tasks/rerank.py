@@ -30,6 +30,11 @@ class Candidate(TextPair):
     where: str = ""
 
 
+def _name(pair: TextInput, i: int) -> str:
+    """How messages name a pair: as the client wrote it (texts[2]) or by its place in the input list."""
+    return pair.where if isinstance(pair, Candidate) else f"input[{i}]"
+
+
 def logistic(logits: np.ndarray) -> np.ndarray:
     """Sigmoid without overflow warnings for large negative logits (tanh form), in float64."""
     return 0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))
@@ -126,16 +131,20 @@ class RerankTask(Task):
         return {"top_n": option_int(options, "top_n", 1), "return_text": option_bool(options, "return_text", False)}
 
     def encode(self, encoder: Encoder, inputs: list[TextInput], options: dict[str, Any]) -> list[Encoded]:
-        """Pairs truncated longest_first, as CrossEncoder does; with truncate=false a too-long pair is named by its text."""
-        encoded = encoder.encode(inputs, truncate=True)
+        """Pairs truncated longest_first, as CrossEncoder does; with truncate=false a too-long pair is named by its text
+        (and one over the character limit is refused before tokenizing, named the same way)."""
+        over = None if options["truncate"] else encoder.first_over(inputs)
+        encoded = encoder.encode(inputs if over is None else inputs[:over], truncate=True)
         if not options["truncate"]:
-            for item, pair in zip(encoded, inputs, strict=True):
+            for item, pair in zip(encoded, inputs, strict=False):
                 if item.encoding.overflowing:
-                    where = pair.where if isinstance(pair, Candidate) else f"input[{item.source}]"
+                    where = _name(pair, item.source)
                     raise PayloadTooLarge(
                         f"{where}: query and text together are longer than the model's max length of "
                         f"{encoder.max_length} tokens and truncate is false"
                     )
+        if over is not None:  # the pairs before it fit: it is refused untokenized
+            raise encoder.over_limit(inputs[over], _name(inputs[over], over))
         return encoded
 
     def split(self, output: np.ndarray, features: Features) -> np.ndarray:

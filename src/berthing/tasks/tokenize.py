@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,24 @@ from berthing.inputs import json_type
 from berthing.types import InvalidInput, PayloadTooLarge, TextInput, TextPair, TokenIds, Tokens
 
 _MAX_VARIANTS = 16
+
+# Bounds on what one text may cost the tokenizer, all in characters per token of the model's max length. Measured
+# on prose, code, JSON and Markdown with MiniLM's WordPiece: 2 to 5 characters per token on average and under 6 in
+# any 256-token stretch; CJK is 1. So 16 is 3x room for real text: with truncate=false, or over what the windows of
+# NER/QA can hold, a text averaging more is refused (413) before it is tokenized.
+CHARS_PER_TOKEN = 16
+# With truncation the text is read in growing prefixes until its first max_length tokens are known for certain; at
+# most this many characters per token are read (whitespace runs of 32+ count as one where the tokenizer ignores
+# whitespace), and what lies beyond is never tokenized: 8 MB with no space costs what 16 KB costs (MiniLM).
+READ_CHARS_PER_TOKEN = 64
+# Windows one request may make: the default max_queue (each window is one queued item).
+MAX_WINDOWS = 2048
+
+_RUN = re.compile(r"[ \t\n\r]{32,}")  # a whitespace run squeezed to one space when the tokenizer ignores whitespace
+_SPACES = re.compile(r"[ \t\n\r]*")
+
+Side = str | tuple[str, ...]  # one text to tokenize: a string, or pre-split words
+_WHOLE = 1 << 62  # a need no prefix meets: read on to the whole side (or the read limit)
 
 
 @dataclass(slots=True)
@@ -81,6 +100,126 @@ def joined_offsets(encoding: Encoding, words: tuple[str, ...] | list[str], delim
     ]
 
 
+def side_chars(side: Side) -> int:
+    """Characters in one side (pre-split words count one separator each): what the character rules count."""
+    return len(side) if isinstance(side, str) else sum(len(word) + 1 for word in side)
+
+
+def input_chars(item: Any) -> int:
+    """Characters to tokenize in one input: both texts of a pair; token ids count as none."""
+    if isinstance(item, TextPair):
+        return len(item.text) + len(item.text_pair)
+    if isinstance(item, Tokens):
+        return side_chars(item.words)
+    return len(item) if isinstance(item, str) else 0
+
+
+def read_prefix(side: Side, cap: int, squeeze: bool) -> tuple[Side, bool]:
+    """The first `cap` characters of a side, and whether that is all of it (a word list keeps whole words, the last
+    one cut). With `squeeze`, a whitespace run of 32+ characters is read as one space, so that a megabyte of spaces
+    before the words costs one character: only for tokenizers that give such a run the tokens of one space."""
+    if not isinstance(side, str):
+        words: list[str] = []
+        size = 0
+        for word in side:
+            if len(word) > cap - size:
+                if cap > size:
+                    words.append(word[: cap - size])
+                return tuple(words), False
+            words.append(word)
+            size += len(word) + 1
+        return tuple(words), True
+    if not squeeze:
+        return side[:cap], len(side) <= cap
+    pieces: list[str] = []
+    size = pos = 0
+    end = len(side)
+    while size < cap and pos < end:
+        stop = min(end, pos + cap - size)
+        run = _RUN.search(side, pos, stop)
+        if run is None:
+            pieces.append(side[pos:stop])
+            size += stop - pos
+            pos = stop
+            break
+        pieces.append(side[pos : run.start()])
+        pieces.append(" ")
+        size += run.start() - pos + 1
+        pos = _SPACES.match(side, run.end()).end()  # type: ignore[union-attr]  # the run may go on past `stop`
+    return "".join(pieces), pos >= end
+
+
+@dataclass(slots=True, eq=False)
+class _Cut:
+    """One side read in growing prefixes until its first `need` tokens are certain, the whole side is read, or
+    `limit` characters are. A token is certain when a later word follows it in the prefix: each word is tokenized
+    on its own, so the words before the prefix's last (maybe cut) word are the whole text's."""
+
+    side: Side
+    need: int
+    cap: int
+    limit: int
+    squeeze: bool = False
+    grow: int = 2
+    read: Side = ""
+    covered: bool = False
+    probed: bool = False
+    ids: list[int] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    known: int = 0  # tokens certain: all of them when the whole side was read, else those before the last word
+
+    def wants(self) -> bool:
+        """Whether another (longer) read is needed and allowed."""
+        return not self.probed or (not self.covered and self.known < self.need and self.cap < self.limit)
+
+    def learn(self, encoding: Encoding) -> None:
+        self.probed = True
+        self.ids = encoding.ids
+        self.offsets = encoding.offsets
+        words: list[int] = []
+        for w in encoding.word_ids:  # no special tokens are added, so None is not expected; keep the previous word
+            words.append(w if w is not None else (words[-1] if words else -1))
+        self.words = words
+        if self.covered or not words:
+            self.known = len(words)
+            return
+        j = len(words)
+        while j and words[j - 1] == words[-1]:
+            j -= 1
+        self.known = j
+
+    @property
+    def count(self) -> int:
+        """The side's tokens when it was read whole, else a lower bound (certain tokens)."""
+        return len(self.ids) if self.covered else self.known
+
+    def trim(self, k: int) -> tuple[Side, int]:
+        """The read text cut after the word of its k-th token, and the tokens that text has. Exact (the whole
+        text's first tokens) when k tokens are certain; past the limit, the read text cut after token k+1."""
+        n = len(self.ids)
+        if k >= n or k < 1:
+            return self.read, n
+        if not self.covered and self.known < k:  # the limit was reached: no word boundary to trust
+            if isinstance(self.read, str):
+                return self.read[: self.offsets[k][1]], k + 1
+            return self.read, n
+        word = self.words[k - 1]
+        j = k
+        while j < n and self.words[j] == word:
+            j += 1
+        if j == n and self.covered:
+            return self.read, n
+        if isinstance(self.read, str):
+            return self.read[: max(end for _, end in self.offsets[k - 1 : j])], j
+        return self.read[: word + 1], j
+
+
+def window_capacity(room: int, stride: int, windows: int) -> int:
+    """Tokens that `windows` windows of `room` tokens, each sharing `stride` with the previous one, hold."""
+    return room + (windows - 1) * max(1, room - stride)
+
+
 @dataclass(slots=True)
 class Features:
     """A padded batch, the runtime's input."""
@@ -89,6 +228,17 @@ class Features:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray | None
     all_tokens: np.ndarray | None = None  # per row: keep every token's output (None when no item asked)
+
+
+def ignores_whitespace(tokenizer: Tokenizer) -> bool:
+    """Whether a run of ASCII whitespace gives the tokens of one space, wherever it stands (WordPiece, and the
+    SentencePiece ones that split on whitespace): then read_prefix may squeeze long runs. Byte-level BPE says no."""
+    samples = [("ab", "cd"), ("x.", "中文"), ("1", "é"), ("", "cd"), ("ab", "")]
+    runs = [" " * 40, "\n" * 40, "\t" * 40, "\r\n" * 20, " \t\n\r" * 10]
+    batch = [left + " " + right for left, right in samples]
+    batch += [left + run + right for run in runs for left, right in samples]
+    found = [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
+    return all(found[k] == found[k % len(samples)] for k in range(len(samples), len(found)))
 
 
 class Encoder:
@@ -107,16 +257,33 @@ class Encoder:
         found = (i for t in ("[PAD]", "<pad>", "<PAD>") if (i := self.tokenizer.token_to_id(t)) is not None)
         self.pad_id = int(padding.get("pad_id", next(found, 0)))
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        # The reader of prefixes: untruncated, no special tokens, offsets as the pre-tokenizer gives them (a
+        # post-processor may trim them, and cutting at a trimmed offset would leave a space token behind).
+        self._counter = Tokenizer.from_file(str(tokenizer_file))
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self._counter.post_processor = None
+        self.squeeze = ignores_whitespace(self._counter)
+        self.max_windows = MAX_WINDOWS  # the engine may set its max_queue here: windows past it are refused
 
     def encode(self, inputs: list[TextInput], truncate: bool = True) -> list[Encoded]:
         """Tokenize a list of texts or pairs in one Rust call (pre-split Tokens in a second one; TokenIds as given, no
-        special tokens added, as TEI does); with truncate=False, too-long input is a 413."""
+        special tokens added, as TEI does); with truncate=False, too-long input is a 413.
+
+        Truncating, long texts are cut first (see cut()): the tokens are the whole text's, the cost is bounded.
+        Offsets are then those of the text tokenized, the same unless a long whitespace run was squeezed."""
         encodings: list[Encoding | None]
-        if any(isinstance(x, Tokens | TokenIds) for x in inputs):
-            encodings = encode_mixed(self.tokenizer, inputs)
+        over = None
+        if truncate:
+            tokenized = self.cut(inputs)
+        else:  # the inputs before the first one over the character limit are checked first, as they come
+            over = self.first_over(inputs)
+            tokenized = inputs if over is None else inputs[:over]
+        if any(isinstance(x, Tokens | TokenIds) for x in tokenized):
+            encodings = encode_mixed(self.tokenizer, tokenized)
         else:
             batch: list[str | tuple[str, str]] = [
-                (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in inputs
+                (x.text, x.text_pair) if isinstance(x, TextPair) else x for x in tokenized
             ]
             encodings = self.tokenizer.encode_batch(batch, add_special_tokens=True)  # type: ignore[assignment]
         out: list[Encoded] = []
@@ -130,7 +297,184 @@ class Encoder:
                     "and truncate is false"
                 )
             out.append(Encoded(enc.ids, enc.type_ids, i, enc))
+        if over is not None:
+            raise self.over_limit(inputs[over], f"input[{over}]")
         return out
+
+    # -- what one text may cost: cut before truncating, refused before tokenizing ---------------------------------
+
+    def char_limit(self) -> int:
+        """The most characters an input may have with truncate=false (both texts of a pair together)."""
+        return CHARS_PER_TOKEN * self.max_length
+
+    def first_over(self, inputs: list[Any]) -> int | None:
+        """The first input over char_limit(): with truncate=false it is refused before it is tokenized, since the
+        whole text must be tokenized to know it fits and real text averages far fewer than CHARS_PER_TOKEN."""
+        limit = self.char_limit()
+        return next((i for i, item in enumerate(inputs) if input_chars(item) > limit), None)
+
+    def over_limit(self, item: Any, name: str) -> PayloadTooLarge:
+        """The 413 for an input over char_limit(), stating the rule."""
+        both = " (both texts together)" if isinstance(item, TextPair) else ""
+        return PayloadTooLarge(
+            f"{name} has {input_chars(item)} characters{both}, over the {self.char_limit()} allowed with truncate false "
+            f"({CHARS_PER_TOKEN} per token of the model's max length of {self.max_length} tokens); send a shorter "
+            "text or set truncate to true"
+        )
+
+    def _cut(self, side: Side, need: int, squeeze: bool) -> _Cut:
+        """A side to read until its first `need` tokens are certain: from 8 characters a token, doubling, up to
+        READ_CHARS_PER_TOKEN per token of the max length."""
+        limit = READ_CHARS_PER_TOKEN * max(self.max_length, need)
+        return _Cut(side, need, min(8 * (need + 1), limit), limit, squeeze and self.squeeze)
+
+    def _settle(self, cuts: list[_Cut]) -> None:
+        """Read every cut in growing prefixes, one Rust call per round for all of them, until each is settled."""
+        todo = [c for c in cuts if c.wants()]
+        while todo:
+            for c in todo:
+                if c.probed:  # straight to the limit rather than a last step of a few characters
+                    c.cap = c.limit if c.cap * c.grow * 2 > c.limit else c.cap * c.grow
+                c.read, c.covered = read_prefix(c.side, c.cap, c.squeeze)
+            texts = [c for c in todo if isinstance(c.read, str)]
+            split = [c for c in todo if not isinstance(c.read, str)]
+            if texts:
+                found = self._counter.encode_batch([c.read for c in texts], add_special_tokens=False)
+                for c, enc in zip(texts, found, strict=True):
+                    c.learn(enc)
+            if split:
+                found = self._counter.encode_batch(
+                    [list(c.read) for c in split], is_pretokenized=True, add_special_tokens=False
+                )
+                for c, enc in zip(split, found, strict=True):
+                    c.learn(enc)
+            todo = [c for c in todo if c.wants()]
+
+    def prefixes(self, texts: list[str], need: int) -> list[str]:
+        """Each text cut after the word of its need-th token (whole when shorter), reading a bounded prefix: the
+        first `need` tokens, their offsets included, are the whole text's (no whitespace is squeezed)."""
+        cuts = {i: self._cut(t, need, False) for i, t in enumerate(texts) if len(t) > 8 * (need + 1)}
+        self._settle(list(cuts.values()))
+        out = list(texts)
+        for i, c in cuts.items():
+            read, _ = c.trim(need)
+            assert isinstance(read, str)
+            out[i] = read
+        return out
+
+    def cut(self, inputs: list[Any]) -> list[Any]:
+        """Inputs as they may be tokenized with truncation, each long text (each side of a pair) cut to a prefix
+        whose truncated tokens are the whole text's, read in prefixes growing from 8 characters per token: whatever
+        the text, at most READ_CHARS_PER_TOKEN characters per token of the max length are tokenized.
+
+        Exact for every text whose first max_length tokens lie within that many characters (whitespace runs of 32+
+        counted as one where the tokenizer ignores whitespace); past it, the prefix read stands for the text (a
+        single 8 MB word: [UNK] either way). Pairs keep longest_first's split: see _pair()."""
+        single = self.max_length - self.tokenizer.num_special_tokens_to_add(False)
+        both = self.max_length - self.tokenizer.num_special_tokens_to_add(True)
+        start = 8 * (single + 1)
+        out = list(inputs)
+        singles: dict[int, _Cut] = {}
+        pairs: dict[int, tuple[_Cut, _Cut]] = {}
+        for i, item in enumerate(inputs):
+            if isinstance(item, TextPair):
+                if max(len(item.text), len(item.text_pair)) > 8 * (both + 1):
+                    pairs[i] = (self._cut(item.text, both + 1, True), self._cut(item.text_pair, both + 1, True))
+            elif isinstance(item, Tokens):
+                if side_chars(item.words) > start:
+                    singles[i] = self._cut(item.words, single, True)
+            elif isinstance(item, str) and len(item) > start:
+                singles[i] = self._cut(item, single, True)
+        self._settle([*singles.values(), *(c for p in pairs.values() for c in p)])
+        for i, c in singles.items():
+            read, _ = c.trim(single)
+            out[i] = read if isinstance(read, str) else Tokens(read)
+        while pairs:
+            waiting: dict[int, tuple[_Cut, _Cut]] = {}
+            for i, (a, b) in pairs.items():
+                texts = self._pair(a, b, both)
+                if texts is None:
+                    waiting[i] = (a, b)
+                else:
+                    out[i] = TextPair(*texts)  # type: ignore[arg-type]
+            self._settle([c for p in waiting.values() for c in p])
+            pairs = waiting
+        return out
+
+    @staticmethod
+    def _pair(a: _Cut, b: _Cut, room: int) -> tuple[Side, Side] | None:
+        """The two cut texts of a pair, or None after raising a need that one more read can meet.
+
+        longest_first keeps a shorter side of at most room/2 tokens whole and gives the other the rest; past that,
+        each side gets half and the odd token goes to the first text only when it is strictly the longer. So the
+        cut texts must keep the first tokens of each side and which side is longer: the shorter side is cut after
+        room+1 tokens, the longer one after more than that. Both sides are read on until one is read whole and the
+        other is seen to be longer; only past the read limit on both sides is the longer one taken to be the one
+        with more characters (the one case that may differ from tokenizing both whole)."""
+        if a.covered and b.covered and a.count + b.count <= room:
+            return a.read, b.read
+        if a.covered and b.covered:
+            first_longer = a.count > b.count
+        elif a.covered:  # b is at least b.known tokens long: at least as long as a once b.known >= a.count
+            if b.known < a.count and b.cap < b.limit:
+                b.need = max(b.need, a.count)
+                return None
+            first_longer = False
+        elif b.covered:  # a is longer than b once a.known > b.count
+            if a.known <= b.count and a.cap < a.limit:
+                a.need = max(a.need, b.count + 1)
+                return None
+            first_longer = True
+        else:  # which one is longer is known once one side is read whole: read on while the limit allows
+            growing = [c for c in (a, b) if c.cap < c.limit]
+            for c in growing:
+                c.need = _WHOLE
+            if growing:
+                return None
+            first_longer = side_chars(a.side) > side_chars(b.side)
+        short, long_ = (b, a) if first_longer else (a, b)
+        short_text, kept = short.trim(min(short.count, room + 1))
+        need = max(room - kept + 1, kept + (1 if first_longer else 0))
+        if not long_.covered and long_.known < need and long_.cap < long_.limit:
+            long_.need = max(long_.need, need)
+            return None
+        long_text, _ = long_.trim(need)
+        return (long_text, short_text) if first_longer else (short_text, long_text)
+
+    def check_windows(self, sides: list[tuple[str, Side]], capacity: int, windows: str) -> None:
+        """413, before the windows are tokenized, for a side with more tokens than `capacity` (what the windows
+        described by `windows` hold): at once past CHARS_PER_TOKEN characters a token, else by reading growing
+        prefixes (from about one character a token, x4) until more tokens than that are certain or the side is read."""
+        rule = capacity * CHARS_PER_TOKEN
+        cuts: list[tuple[str, _Cut]] = []
+        for where, side in sides:
+            size = side_chars(side)
+            if size > rule:
+                raise PayloadTooLarge(
+                    f"{where} has {size} characters, over the {rule} that {windows} can hold at "
+                    f"{CHARS_PER_TOKEN} characters per token; send shorter texts"
+                )
+            if size > capacity:
+                start = capacity + capacity // 8 + 1  # one read for CJK (a token a character), x4 after
+                cuts.append((where, _Cut(side, capacity + 1, start, size, self.squeeze, grow=4)))
+        self._settle([c for _, c in cuts])
+        for where, c in cuts:
+            if c.known > capacity:
+                raise PayloadTooLarge(
+                    f"{where} has more than {capacity} tokens, more than {windows} can hold; send shorter texts"
+                )
+
+    def count_tokens(self, texts: list[str], limits: list[int]) -> list[tuple[int, bool]]:
+        """(tokens, exact) per text, special tokens left out: exact up to its limit; past it, a lower bound over the
+        limit, found reading at most CHARS_PER_TOKEN characters per token of max(limit, max_length)."""
+        cuts = [
+            _Cut(t, n + 1, n + n // 8 + 1, CHARS_PER_TOKEN * max(n, self.max_length), self.squeeze, grow=4)
+            for t, n in zip(texts, limits, strict=True)
+        ]
+        self._settle(cuts)
+        return [
+            (c.count, True) if c.covered else (max(c.count, n + 1), False) for c, n in zip(cuts, limits, strict=True)
+        ]
 
     def _given(self, item: Any, i: int, truncate: bool) -> Encoded:
         """A TokenIds input: its ids checked against the vocabulary, cut to max_length (413 when truncate is off)."""
@@ -162,11 +506,19 @@ class Encoder:
         self, inputs: list[TextInput], stride: int, strategy: str = "longest_first", max_length: int | None = None
     ) -> list[Encoded]:
         """Tokenize with overflow kept: an input longer than max_length becomes overlapping windows
-        (`stride` tokens shared between neighbours), each an item whose `source` is the input's index."""
-        tok = self._variant(max_length or self.max_length, stride, strategy)
+        (`stride` tokens shared between neighbours), each an item whose `source` is the input's index. A text
+        needing more than max_windows windows is refused (413) before its windows are made (check_windows)."""
+        size = max_length or self.max_length
+        tok = self._variant(size, stride, strategy)
         given = next((i for i, x in enumerate(inputs) if isinstance(x, TokenIds)), None)
         if given is not None:  # windows need the text's offsets and word ids, which token ids do not carry
             raise InvalidInput(f"input[{given}]: this model takes texts, not token ids")
+        sides = [(f"input[{i}]", x.words if isinstance(x, Tokens) else x) for i, x in enumerate(inputs)
+                 if isinstance(x, str | Tokens)]
+        if sides:  # pairs (QA) are checked by their task, which knows the question's share of each window
+            room = size - tok.num_special_tokens_to_add(False)
+            self.check_windows(sides, window_capacity(room, stride, self.max_windows),
+                               f"{self.max_windows} windows of {size} tokens (stride {stride})")
         encodings: list[Encoding]
         if any(isinstance(x, Tokens) for x in inputs):
             encodings = [e for e in encode_mixed(tok, inputs) if e is not None]
