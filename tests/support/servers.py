@@ -144,3 +144,72 @@ def cli_server(
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+class OutputTail:
+    """The lines a `cli_server` process prints after its start, collected by a thread (the pipe never fills)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        except (ValueError, OSError):  # cli_server closed the pipe
+            pass
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """The first line containing `text`, waiting for it at most `timeout` seconds."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: next((x for x in self.lines if text in x), None), timeout)
+        if found is None:
+            raise AssertionError(f"no line with {text!r} in:\n{self.text()}")
+        return found
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+
+def raw_exchange(port: int, payload: bytes, timeout: float = 15) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and read until the server closes (what arrived, even if sending failed)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(payload)
+        except OSError:  # the server refused and closed while we were still sending: its answer may be there
+            pass
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+
+def read_response(sock: Any) -> bytes:
+    """One response on a keep-alive connection: its head, then Content-Length bytes (head and body may come in
+    separate reads)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole response head: {answer!r}")
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole response body: {answer!r}")
+        body += chunk
+    return head + b"\r\n\r\n" + body

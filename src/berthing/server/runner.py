@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from berthing.runtime.threads import available_cores
 from berthing.types import ModelLoadError
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
+EXIT_DRAIN_CUT = 1  # exit status when the drain timeout or a second SIGTERM ended requests unanswered
+APP_SHUTDOWN_FLOOR_S = 1.0  # the application's shutdown (listeners, models) gets this long even past the drain timeout
 RECORD_STARTUP_AFTER_S = 0.5  # the startup-file list is written after the first requests (and what they import)
 
 
@@ -132,11 +135,23 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _drained_server_class():
-    """uvicorn re-raises SIGTERM after its graceful shutdown (exit -15); a completed drain exits 0 instead."""
+    """uvicorn's Server with berthing's SIGTERM drain (docs/reliability.md).
+
+    On the first SIGTERM (or Ctrl-C) the listeners stop: connections already in their queues are accepted first,
+    later ones are refused. Every request in progress is answered (with `Connection: close`), a connection without
+    one gets DRAIN_IDLE_GRACE_S to send it, then the application shuts down (models finish queued work). A completed
+    drain exits 0 (uvicorn would re-raise SIGTERM: exit -15). All of it is bounded by drain_timeout_s
+    (uvicorn's timeout_graceful_shutdown): past it, or on a second SIGTERM/Ctrl-C, the process ends at once, with
+    EXIT_DRAIN_CUT when requests or the application's shutdown were cut short, else 0."""
     import uvicorn
+
+    from berthing.server.connections import accept_backlog
+
+    log = logging.getLogger("uvicorn.error")
 
     class DrainedServer(uvicorn.Server):
         after_start: Callable[[], None] | None = None  # run in a thread RECORD_STARTUP_AFTER_S after the server is up
+        exit_now: Callable[[int], Any] = staticmethod(os._exit)  # a cut drain does not wait for threads still computing
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -144,13 +159,89 @@ def _drained_server_class():
                 yield
                 getattr(self, "_captured_signals", []).clear()
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:  # a second signal: uvicorn forces only on a second SIGINT, we on SIGTERM too
+                self.force_exit = True
+            super().handle_exit(sig, frame)
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.after_start is not None and not self.should_exit:
                 loop = asyncio.get_running_loop()
                 loop.call_later(RECORD_STARTUP_AFTER_S, loop.run_in_executor, None, self.after_start)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            loop = asyncio.get_running_loop()
+            timeout = self.config.timeout_graceful_shutdown
+            deadline = loop.time() + (timeout if timeout is not None else float("inf"))
+            state = self.server_state
+            log.info("Shutting down")
+            state.draining = True  # type: ignore[attr-defined]  # read by connections accepted from here on
+            queued: list[socket.socket] = []
+            for index, server in enumerate(self.servers):  # uvicorn made one server per socket, in order
+                if sockets and index < len(sockets):  # accept its queue, then close at once: a client whose
+                    queued += accept_backlog([sockets[index]])  # handshake ends in between (microseconds) is reset
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            for connection in list(state.connections):
+                connection.shutdown()
+            handshakes = [loop.create_task(self._adopt(conn)) for conn in queued]
+            log.info(
+                "draining: %d requests on %d connections (+%d accepted from the queue), up to %g s; new connections "
+                "are refused; a second SIGTERM stops at once", len(state.tasks), len(state.connections), len(queued),
+                timeout or float("inf"),
+            )
+            while (state.tasks or any(map(_delivering, state.connections)) or not all(t.done() for t in handshakes)):
+                if self.force_exit or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            if state.tasks:
+                why = "a second signal" if self.force_exit else f"the drain timeout ({timeout:g} s)"
+                self._cut(f"{len(state.tasks)} requests were still running at {why}")
+            for connection in list(state.connections):  # answered, idle, or slow to send a request: nothing admitted
+                if connection.transport.is_closing():
+                    connection.transport.abort()
+                else:
+                    connection.transport.close()
+            finishing = loop.create_task(self.lifespan.shutdown())
+            until = max(deadline, loop.time() + APP_SHUTDOWN_FLOOR_S)  # slow clients may have used the whole timeout
+            while not finishing.done() and not self.force_exit and loop.time() < until:
+                await asyncio.sleep(0.05)
+            if not finishing.done():
+                why = "a second signal" if self.force_exit else f"the drain timeout ({timeout:g} s)"
+                self._cut(f"the application had not finished shutting down (models' queued work) at {why}")
+
+        async def _adopt(self, conn: socket.socket) -> None:
+            """Serve a connection taken from a listener's queue as the listener would have."""
+            loop = asyncio.get_running_loop()
+
+            def protocol() -> asyncio.Protocol:
+                return self.config.http_protocol_class(  # type: ignore[call-arg]
+                    config=self.config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+                )
+
+            try:
+                await loop.connect_accepted_socket(protocol, sock=conn, ssl=self.config.ssl)
+            except (OSError, ValueError):  # a failed TLS handshake (ssl.SSLError), a client gone: carry on
+                conn.close()
+
+        def _cut(self, reason: str) -> None:
+            log.error("drain cut short: %s; exiting with status %d", reason, EXIT_DRAIN_CUT)
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            self.exit_now(EXIT_DRAIN_CUT)
+
     return DrainedServer
+
+
+def _delivering(connection: Any) -> bool:
+    """Whether a connection may still carry an answer: open, or closing with bytes not yet sent. A TLS connection
+    whose client keeps it open after its answer waits for the client's close_notify, up to 30 s: not worth waiting."""
+    transport = getattr(connection, "transport", None)
+    return transport is not None and (not transport.is_closing() or transport.get_write_buffer_size() > 0)
 
 
 class PortRouter:
@@ -229,16 +320,19 @@ def serve(settings: Settings, console: Console | None = None, record_startup: Se
 
 
 def uvicorn_config(app: Any, settings: Settings) -> Any:
-    """The server's settings: TLS when asked, idle connections closed, no proxy header believed."""
+    """The server's settings: TLS when asked, idle connections closed, slow or oversized request heads refused
+    (server/connections.py), no proxy header believed."""
     import uvicorn
+
+    from berthing.server.connections import protocol_class
 
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings.header_timeout_s),
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=settings.drain_timeout_s,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # bounds DrainedServer's whole drain
         timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
         ssl_certfile=settings.ssl_certfile,  # every port of this server: inference, management, metrics
