@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-export}"
-# The playground's browser tests drive Debian's chromium (Playwright's own browser download does not work here).
-if [ "$extra" = test ] && ! command -v chromium >/dev/null; then
+# The playground's browser tests drive Debian's chromium (Playwright's own browser download does not work here);
+# the supervisor test checks deploy/systemd/berthing.service with systemd-analyze.
+if [ "$extra" = test ] && { ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null; }; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
-            echo "warning: chromium could not be installed: the browser tests (tests/browser) will skip" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver systemd >/dev/null; } ||
+            echo "warning: chromium or systemd could not be installed: the browser tests and the unit check skip" >&2
     else
         echo "note: install chromium (e.g. apt-get install chromium chromium-driver) for the browser tests" >&2
     fi

@@ -141,8 +141,9 @@ class Settings(BaseModel):
         "SIGTERM ends at once).",
     )
     header_timeout_s: float = Field(
-        10.0, gt=0, description="A connection that has not sent a whole request head within this many seconds is "
-        "closed (slow clients holding connections open).",
+        10.0, gt=0, description="A connection that has not sent a whole request head within this many seconds, "
+        "or whose body or unread response stalls this long, is answered 408 or closed (slow clients holding "
+        "connections).",
     )
     ssl_certfile: Path | None = Field(
         None, description="PEM certificate (chain) to serve HTTPS on the inference, management and metrics ports."

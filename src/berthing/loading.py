@@ -93,6 +93,9 @@ def load_model(
         spec = ModelSpec.from_dict(meta)
     check_served(spec.task, source.name)
     encoder = Encoder(artifact / "tokenizer.json", spec.max_length, spec.uses_token_types)
+    # a request may make up to max_queue windows (model.py refuses more after tokenizing); the encoder's own cap,
+    # which refuses before tokenizing, must not be the smaller one
+    encoder.max_windows = max(encoder.max_windows, options.limits.max_queue)
     workers = max(1, options.workers)
     threads = threads_per_worker(workers, options.threads)
     graph = [artifact / "model.onnx"]  # the fp32 fallback may replace it after the load check

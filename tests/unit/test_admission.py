@@ -238,3 +238,29 @@ def test_overload_warnings_are_one_per_model_per_interval(caplog: pytest.LogCapt
         "openai other:1.0: model 'other' is busy",
         "torchserve m:1.0: model 'm' is busy (49 more refusals since the last line)",
     ]
+
+
+class Panic(BaseException):
+    """What pyo3 raises for a Rust panic (tokenizers): a BaseException, not an Exception."""
+
+
+def test_a_native_panic_in_a_batch_fails_that_batch_and_the_worker_goes_on() -> None:
+    async def scenario() -> None:
+        calls: list[int] = []
+
+        def runner(items: list[Encoded]) -> np.ndarray:
+            calls.append(len(items))
+            if len(calls) == 1:
+                raise Panic("called `Option::unwrap()` on a `None` value")
+            return np.zeros((len(items), 1))
+
+        batcher = Batcher("m", [runner], BatchLimits())
+        batcher.start()
+        with pytest.raises(InferenceFailed) as failed:
+            await batcher.submit([item(2)])[0]
+        assert failed.value.message == (
+            "inference failed on a batch of 1 item: Panic: called `Option::unwrap()` on a `None` value")
+        await batcher.submit([item(2)])[0]  # the worker survived
+        await batcher.close()
+
+    asyncio.run(scenario())

@@ -307,7 +307,9 @@ class Batcher:
             self._idle.clear()
             try:
                 rows, seconds = await self._run(loop, target, batch)
-            except Exception as exc:  # noqa: BLE001 - a failing batch fails only its own requests
+            except BaseException as exc:  # a failing batch fails only its own requests
+                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                    raise  # the batcher is closing; a Rust panic (pyo3's PanicException) is a BaseException too
                 error = exc if isinstance(exc, BerthingError) else InferenceFailed(
                     f"inference failed on a batch of {_count(len(batch), 'item')}: {type(exc).__name__}: {exc}"
                 )

@@ -130,7 +130,9 @@ class Gateway:
             except ClientDisconnect:
                 log.info("%s: the client disconnected before its answer", call.label)
                 response = Response(status_code=CLIENT_CLOSED)
-            except Exception as exc:
+            except BaseException as exc:  # a Rust panic in the tokenizer (pyo3's PanicException) is a BaseException
+                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                    raise
                 log.exception("unexpected error on %s %s", protocol, call.label)
                 response = errors(BerthingError(f"internal error: {type(exc).__name__}: {exc}"))
             metrics.requests.labels(call.label, protocol, route, str(response.status_code)).inc()
