@@ -227,8 +227,6 @@ class Batcher:
         when they would wait over max_queue_ms, or when they would end after `deadline` (time.monotonic())."""
         if not self._tasks or self._wakeup is None:
             raise BerthingError(f"model {self.name!r} is not running")
-        if self.hung:
-            raise Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30)
         own = sum(item.length for item in encoded)
         ahead = self._queued_tokens + self._running_tokens
         if self._pending and len(self._pending) + len(encoded) > self.limits.max_queue:
@@ -239,17 +237,25 @@ class Batcher:
                 f"(limit {self.limits.max_queue}); retry later",
                 retry_after=retry_after(excess or 1.0),
             )
-        if self._pending or self._busy:
-            ahead_s = self.throughput.seconds(ahead)
-            if ahead_s is not None:
-                left = None if deadline is None else deadline - time.monotonic()
-                check_wait(self.name, ahead_s, self.throughput.seconds(own) or 0.0, self.limits.max_queue_ms, left)
+        self.precheck(deadline, own)
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in encoded]
         self._pending.extend(_Item(e, f, deadline) for e, f in zip(encoded, futures, strict=True))
         self._queued_tokens += own
         self._wakeup.set()
         return futures
+
+    def precheck(self, deadline: float | None = None, own: int = 0) -> None:
+        """Refuse a request (Overloaded) that the work ahead would make wait past max_queue_ms or its deadline, or
+        that no runner can take; the model calls it before tokenizing too, so a refusal under overload costs
+        almost nothing (at 4x load most requests are refused)."""
+        if self.hung:
+            raise Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30)
+        if self._pending or self._busy:
+            ahead_s = self.throughput.seconds(self._queued_tokens + self._running_tokens)
+            if ahead_s is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                check_wait(self.name, ahead_s, self.throughput.seconds(own) or 0.0, self.limits.max_queue_ms, left)
 
     def _live(self) -> list[_Item]:
         """The pending items still wanted: a gone client's (its futures cancelled) and expired ones are dropped."""

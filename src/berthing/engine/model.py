@@ -215,6 +215,7 @@ class Model:
             options = dict(options)
             deadline = deadline_after(options.pop("timeout_ms"))
         checked = self.task.check(inputs, options)
+        self.batcher.precheck(deadline)  # before tokenizing: under overload most requests end here, cheaply
         if len(inputs) > _INLINE_TOKENIZE_ITEMS or _chars(inputs) > _INLINE_TOKENIZE_CHARS:
             encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
         else:
