@@ -53,15 +53,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+IDLE_REUSE_S = 3.0  # an idle connection older than this is not reused: the server closes idle ones after 5 s
+
+
 class Pool:
-    """Idle keep-alive connections; a request in flight takes one or opens a new one (open loop: no waiting)."""
+    """Idle keep-alive connections; a request in flight takes one or opens a new one (open loop: no waiting).
+
+    Like HTTP clients do, a connection the server may be closing (idle too long, or already at EOF) is not reused:
+    a POST sent on it would be lost to the keep-alive race, which is the client's, not the server's, doing."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.host, self.port, self.idle = host, port, list[Connection]()
+        self.host, self.port = host, port
+        self.idle: list[tuple[Connection, float]] = []
         self.opened = 0
 
+    def _take(self) -> Connection:
+        while self.idle:
+            conn, since = self.idle.pop()
+            if time.perf_counter() - since < IDLE_REUSE_S and conn.reader is not None and not conn.reader.at_eof():
+                return conn
+            if conn.writer is not None:
+                conn.writer.close()
+        return Connection(self.host, self.port)
+
     async def call(self, payload: bytes, timeout: float) -> tuple[int, bytes]:
-        conn = self.idle.pop() if self.idle else Connection(self.host, self.port)
+        conn = self._take()
         if conn.writer is None:
             self.opened += 1
         try:
@@ -70,7 +86,7 @@ class Pool:
             await conn.close()
             raise
         if conn.writer is not None:
-            self.idle.append(conn)
+            self.idle.append((conn, time.perf_counter()))
         return status, body
 
 
@@ -134,6 +150,8 @@ def open_loop(host: str, port: int, payloads: list[bytes], rate: float, duration
                 rss.append(proc.memory_info().rss)
                 await asyncio.sleep(0.5)
 
+        server_cpu = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
+        client_cpu = time.process_time()
         sampler = asyncio.create_task(sample())
         tasks = []
         for i in range(total):
@@ -144,14 +162,16 @@ def open_loop(host: str, port: int, payloads: list[bytes], rate: float, duration
         await asyncio.gather(*tasks)
         sampler.cancel()
         elapsed = time.perf_counter() - start
-        for conn in pool.idle:
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = sum(proc.cpu_times()[:2]) - server_cpu if proc is not None else 0.0
+        for conn, _ in pool.idle:
             await conn.close()
         return {
             "offered_rps": rate, "sent": total, "outcomes": dict(outcomes),
             "goodput_rps": len(ok) / duration, "lost": total - len(ok) - len(refused),
             "p50_ms": _pct(ok, 50), "p99_ms": _pct(ok, 99), "refused_p99_ms": _pct(refused, 99),
             "max_rss_mb": max(rss) / 2**20 if rss else None, "connections_opened": pool.opened,
-            "elapsed_s": elapsed,
+            "elapsed_s": elapsed, "server_cpu_s": server_cpu, "client_cpu_s": client_cpu,
         }
 
     return run_async(run())
@@ -193,7 +213,8 @@ def _line(row: dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     return (f"goodput {row['goodput_rps']:.1f}/s, outcomes {row['outcomes']}, p50 {fmt(row['p50_ms'])} ms, "
             f"p99 {fmt(row['p99_ms'])} ms, refusal p99 {fmt(row['refused_p99_ms'])} ms, lost {row['lost']}, "
-            f"RSS max {fmt(row['max_rss_mb'])} MB")
+            f"RSS max {fmt(row['max_rss_mb'])} MB, CPU s server {row['server_cpu_s']:.0f} client {row['client_cpu_s']:.0f} "
+            f"over {row['elapsed_s']:.0f} s")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
