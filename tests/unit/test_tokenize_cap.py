@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from berthing.packaging.sources import default_model_path
-from berthing.tasks.tokenize import CHARS_PER_TOKEN, READ_CHARS_PER_TOKEN, Encoder, window_capacity
+from berthing.tasks.prefix import CHARS_PER_TOKEN, READ_CHARS_PER_TOKEN, window_capacity
+from berthing.tasks.tokenize import Encoder
 from berthing.types import PayloadTooLarge, TextPair, Tokens
 from tests.support import models as tiny
 

@@ -16,7 +16,8 @@ import numpy as np
 from berthing.inputs import check_list, json_type, text_value
 from berthing.spec import ModelSpec
 from berthing.tasks.base import Task, option_bool, option_int
-from berthing.tasks.tokenize import CHARS_PER_TOKEN, Encoded, Encoder, Features, window_capacity
+from berthing.tasks.prefix import CHARS_PER_TOKEN, window_capacity
+from berthing.tasks.tokenize import Encoded, Encoder, Features
 from berthing.types import BadRequest, InvalidInput, PayloadTooLarge, TextInput, TextPair
 
 MAX_SEQ_LEN = 384  # the pipeline's window length: min(model_max_length, 384)
