@@ -2,23 +2,58 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from berthing.types import BadRequest
 
+# orjson reads 1024 levels, but Python code does not survive them (repr and recursion stop near 1000, orjson's own
+# writer at 255), so deeper bodies are refused here, as serde_json (TEI) refuses past 128.
+MAX_DEPTH = 128
+INT64 = (-(2**63), 2**63 - 1)  # no field of any protocol holds more; numpy and C code overflow past it
+_LONG_NUMBER = re.compile(rb"\d{19}")  # an integer outside INT64 has 19 digits or more
+
 
 def parse_json(body: bytes) -> Any:
-    """JSON bytes -> value (a UTF-8 BOM is skipped); a 400 that names the bad byte (an encoding error is said as one)."""
+    """JSON bytes -> value (a UTF-8 BOM is skipped); a 400 that names the bad byte (an encoding error is said as one),
+    and for JSON nested past MAX_DEPTH or an integer outside the signed 64-bit range."""
     try:
-        return orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
+        value = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
     except orjson.JSONDecodeError as exc:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise BadRequest(f"body is not valid UTF-8: {bad}") from None
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    check_value(body, value)
+    return value
+
+
+def check_value(body: bytes, value: Any) -> None:
+    """The limits parse_json holds a parsed `body` to; the value is walked only when its bytes could pass one."""
+    deep = body.count(b"[") + body.count(b"{") > MAX_DEPTH
+    if deep or _LONG_NUMBER.search(body):
+        _walk(value)
+
+
+def _walk(value: Any) -> None:
+    """Depth-first without recursion, so the check itself survives any depth orjson reads."""
+    low, high = INT64
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"body is nested deeper than {MAX_DEPTH} levels of arrays and objects")
+        for child in item.values() if type(item) is dict else item if type(item) is list else ():
+            kind = type(child)
+            if kind is list or kind is dict:
+                stack.append((child, depth + 1))
+            elif kind is int and not low <= child <= high:
+                raise BadRequest(f"body holds the integer {child}, outside the signed 64-bit range any field takes")
+    if type(value) is int and not low <= value <= high:
+        raise BadRequest(f"body is the integer {value}, outside the signed 64-bit range any field takes")
 
 
 def dumps(data: Any) -> bytes:

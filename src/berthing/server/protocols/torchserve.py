@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from berthing.inputs import InputForms, json_type, parse_inputs, parse_object
-from berthing.server.protocols.codec import dumps, parse_json
+from berthing.server.protocols.codec import check_value, dumps, parse_json
 from berthing.types import BadRequest, TextInput
 
 __all__ = ["EMPTY_BODY", "decode_body", "dump_result", "dumps", "encode_result", "parse_request"]
@@ -31,9 +31,11 @@ def _json_value(content_type: str, body: bytes) -> Any:
     if ct == "application/x-www-form-urlencoded":
         return parse_json(body)
     try:  # undeclared: JSON only when it parses (parsed once), so a text that merely starts with "[" stays a text
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return _NOT_JSON
+    check_value(body, value)  # JSON it is: held to the same depth and integer limits as declared JSON
+    return value
 
 
 def _decode(body: bytes) -> str:
