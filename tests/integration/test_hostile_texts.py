@@ -168,3 +168,20 @@ def test_small_request_is_answered_while_a_huge_one_is_tokenizing(load, server_f
             thread.join(120)
         assert order == ["small", "huge"]
         assert huge["response"].status_code == 200
+
+
+def test_tei_routes_bound_hostile_texts_too(minilm_server: ThreadServer) -> None:
+    """TEI's truncate false is refused before tokenizing (its 422); Left truncation reads only the end of a text;
+    /tokenize (untruncated by design) answers a long text from a thread."""
+    url = minilm_server.url
+    refused = post(f"{url}/embed", {"inputs": CJK, "truncate": False})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error_type"] == "Validation"
+    assert refused.json()["error"].startswith(f"Input validation error: inputs[0] has {len(CJK)} characters, over the 4096")
+    left = post(f"{url}/embed", {"inputs": NOSPACE + " the end of it", "truncate": True, "truncation_direction": "Left"})
+    expected = post(f"{url}/embed", {"inputs": "abcdefghij" * 20 + " the end of it", "truncate": True,
+                                     "truncation_direction": "Left"})
+    assert left.status_code == 200, left.text
+    assert np.asarray(left.json()).shape == np.asarray(expected.json()).shape
+    tokens = post(f"{url}/tokenize", {"inputs": "中文" * 50_000, "add_special_tokens": False})
+    assert tokens.status_code == 200 and len(tokens.json()[0]) == 100_000

@@ -6,6 +6,7 @@ else --default-model, else the first model served. Inference routes are in tei_r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from berthing.engine.model import Model
 
 PREFIX = "/models/{name}"
+INLINE_CHARS = 32_768  # /tokenize input longer than this is tokenized in a thread (as Model does for inference)
 
 
 def _model_type(model: Model) -> dict[str, Any]:
@@ -108,7 +110,11 @@ async def tokenize(request: Request, call: Call) -> Response:
     special_tokens = flag(body, "add_special_tokens", True)
     check_prompt(body)
     model = pick(call, request)
-    encodings = untruncated(model).encode_batch(texts, add_special_tokens=special_tokens)
+    encode = untruncated(model).encode_batch
+    if sum(map(len, texts)) > INLINE_CHARS:  # untruncated, so as long as the body: off the event loop
+        encodings = await asyncio.to_thread(encode, texts, add_special_tokens=special_tokens)
+    else:
+        encodings = encode(texts, add_special_tokens=special_tokens)
     out = []
     for text, enc in zip(texts, encodings, strict=True):
         at = _byte_offsets(text)

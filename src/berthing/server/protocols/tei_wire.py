@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from berthing.inputs import json_type
 from berthing.server.gateway import MODEL_HEADER, Call, WrongTask, json_response
 from berthing.server.security import Unauthorized
+from berthing.tasks.prefix import READ_CHARS_PER_TOKEN
 from berthing.types import (
     BadRequest,
     BerthingError,
@@ -266,6 +267,13 @@ def prepare(model: Model, items: list[Item], truncate: bool, left: bool) -> list
     if truncate and not left:
         return items
     limit = model.spec.max_length
+    if not truncate:  # refused before tokenizing, as every other route does (tasks/prefix.py has the rule)
+        over = model.encoder.first_over(items)
+        if over is not None:
+            raise validation(model.encoder.over_limit(items[over], f"inputs[{over}]").message)
+    else:  # Left truncation keeps the end: what lies before the last READ_CHARS_PER_TOKEN a token is never read
+        tail = READ_CHARS_PER_TOKEN * limit
+        items = [x[-tail:] if isinstance(x, str) and len(x) > tail else x for x in items]
     tok = untruncated(model)
     texts = [i for i, x in enumerate(items) if not isinstance(x, TokenIds)]
     batch = [(x.text, x.text_pair) if isinstance(x, TextPair) else x for x in (items[i] for i in texts)]
