@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.registry import Registry
+from berthing.server.openapi import ERROR_REF, json_body, not_found
 from berthing.server.protocols.codec import dumps
 from berthing.types import ModelNotFound
 
@@ -82,12 +83,19 @@ def openapi_paths() -> dict[str, Any]:
     """The probe routes in /openapi.json."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-    ready = {"200": {"description": "serving"}, "503": {"description": "not serving (the body says why)"}}
+    state = {"type": "object", "required": ["version", "ready"], "properties": {
+        "model": {"type": "string"}, "version": {"type": "string"}, "ready": {"type": "boolean"},
+        "reason": {"type": "string", "description": "why the model does not serve"}}}
+    every = {"type": "object", "required": ["status", "models"], "properties": {
+        "status": {"enum": ["ready", "not ready"]}, "models": {"type": "object", "additionalProperties": state}}}
+    ready = {"200": json_body(every, "serving"), "503": json_body(every, "not serving (the body says why)")}
+    one = {"200": json_body(state, "serving"), "503": json_body(state, "not serving (reason)"), **not_found(ERROR_REF)}
+    alive = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
     return {
-        "/health/live": {"get": {"summary": "Liveness: the process answers", "responses": {"200": {"description": "alive"}}}},
+        "/health/live": {"get": {"summary": "Liveness: the process answers", "responses": {"200": json_body(alive, "alive")}}},
         "/health/ready": {"get": {"summary": "Readiness: every model serves", "responses": ready}},
-        "/health/ready/{name}": {"get": {"summary": "One model's readiness", "parameters": [name], "responses": ready}},
+        "/health/ready/{name}": {"get": {"summary": "One model's readiness", "parameters": [name], "responses": one}},
         "/health/ready/{name}/{version}": {
-            "get": {"summary": "One model version's readiness", "parameters": [name, version], "responses": ready}
+            "get": {"summary": "One model version's readiness", "parameters": [name, version], "responses": one}
         },
     }

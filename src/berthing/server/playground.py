@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from berthing.server.gateway import Call, Gateway, json_response
+from berthing.server.openapi import ERROR_REF, errors, json_body
 from berthing.types import BerthingError
 
 UI = Path(__file__).with_name("ui")
@@ -81,18 +82,22 @@ def routes(gateway: Gateway, errors: Callable[[BerthingError], Response]) -> lis
 
 
 def openapi_paths() -> dict[str, Any]:
-    """/openapi.json's entries for the pages and the model list, tagged 'ui'."""
-    page = {"tags": ["ui"], "responses": {"200": {"description": "html"}}}
-    listing = {"type": "object", "properties": {
-        "models": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "version": {"type": "string"}, "task": {"type": "string"},
-            "default": {"type": "boolean"}}}},
+    """/openapi.json's entries for the pages, their files and the model list, tagged 'ui'."""
+    def page(media_type: str, summary: str) -> dict[str, Any]:
+        content = {media_type.split(";")[0]: {"schema": {"type": "string"}}}
+        ok = {"200": {"description": "the file", "content": content}}
+        return {"get": {"tags": ["ui"], "summary": summary, "responses": ok}}
+
+    listing = {"type": "object", "required": ["models", "predictions"], "properties": {
+        "models": {"type": "array", "items": {"type": "object", "required": ["name", "version", "task", "default"],
+                                              "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                                             "task": {"type": "string"}, "default": {"type": "boolean"}}}},
         "predictions": {"type": "boolean", "description": "whether the /predictions routes the page calls are on"},
     }}
     return {
-        "/": {"get": {**page, "summary": "The playground page, to clients that accept text/html"}},
-        "/docs": {"get": {**page, "summary": "This API, rendered for people"}},
+        "/": page(TYPES[".html"], "The playground page, to clients that accept text/html"),
+        "/docs": page(TYPES[".html"], "This API, rendered for people"),
         "/ui/models": {"get": {"tags": ["ui"], "summary": "The models served: name, version, task (read-only)",
-                               "responses": {"200": {"description": "the list", "content": {
-                                   "application/json": {"schema": listing}}}}}},
+                               "responses": {"200": json_body(listing, "the list"), **errors(ERROR_REF, 401)}}},
+        **{f"/ui/{name}": page(TYPES[Path(name).suffix], f"The pages' {name}") for name in ASSETS},
     }

@@ -19,6 +19,7 @@ from starlette.routing import Route
 import berthing
 from berthing.inputs import json_type, parse_tokenized, text_value
 from berthing.server.gateway import Call, Gateway, json_response
+from berthing.server.openapi import errors, json_body, nullable
 from berthing.types import BadRequest, BerthingError, InvalidInput, TextInput, TextPair
 
 if TYPE_CHECKING:
@@ -140,23 +141,37 @@ def routes(gateway: Gateway) -> list[Route]:
 
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
     """/openapi.json's entries for these routes."""
-    failure = {"description": "error", "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"description": {"type": "string"}, "type": {"type": "string"},
-                                         "status": {"type": "integer"}}}}}}
+    failure = {"type": "object", "required": ["description", "type", "status"], "properties": {
+        "description": {"type": "string"}, "type": {"type": "string"}, "status": {"type": "integer"}}}
+    result = {"anyOf": [
+        {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "vectors (BERT)"},
+        {"type": "array", "items": {"type": "object", "required": ["pred_label", "score"], "properties": {
+            "pred_label": {"type": "array", "items": {"type": "string"}},
+            "score": {"type": "array", "items": {"type": "number"}}}}, "description": "bert-base's CLASS"},
+        {"type": "array", "items": {"type": "array", "items": {"type": "string"}}, "description": "NER labels per token"},
+    ]}
+    encoded = {"type": "object", "required": ["id", "result", "status"], "properties": {
+        "id": {"description": "the request's id"}, "result": result, "status": {"enum": [200]}}}
+    config = {"type": "object", "required": ["server_version", "max_seq_len", "show_tokens_to_client", "status"],
+              "properties": {"server_version": {"type": "string"}, "max_seq_len": nullable({"type": "integer"}),
+                             "show_tokens_to_client": {"type": "boolean"}, "mode": {"type": "string"},
+                             "status": {"enum": [200]}}}
+    request = {"type": "object", "required": ["texts"], "properties": {
+        "id": {"description": "echoed back"},
+        "texts": {"type": "array", "minItems": 1, "items": {"oneOf": [
+            {"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
+        "is_tokenized": {"type": "boolean", "default": False},
+        "model": {"type": "string", "description": "berthing: the model (else the header, else the default)"},
+        "truncate": {"type": "boolean", "default": True, "description": "berthing: false refuses over-long texts"},
+    }}
     return {
         "/encode": {"post": {
             "summary": "bert-as-service / bert-base: vectors (embedding model), CLASS labels or NER label lists",
             "parameters": [{"name": "X-Berthing-Model", "in": "header", "required": False, "schema": {"type": "string"}}],
-            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["texts"], "properties": {
-                "id": {"description": "echoed back"},
-                "texts": {"type": "array", "minItems": 1, "items": {"oneOf": [
-                    {"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
-                "is_tokenized": {"type": "boolean", "default": False},
-                "model": {"type": "string", "description": "berthing: the model (else the header, else the default)"},
-                "truncate": {"type": "boolean", "default": True, "description": "berthing: false refuses over-long texts"},
-            }}}}},
-            "responses": {"200": {"description": "{id, result, status}"}, "400": failure, "503": failure},
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": request, "example": {"id": 1, "texts": ["a text", "another"]}}}},
+            "responses": {"200": json_body(encoded, "{id, result, status}"), **errors(failure, 400, 401, 500, 503)},
         }},
         "/status/server": {"get": {"summary": "bert-as-service's server status/configuration",
-                                   "responses": {"200": {"description": "configuration"}}}},
+                                   "responses": {"200": json_body(config, "configuration"), **errors(failure, 401)}}},
     }

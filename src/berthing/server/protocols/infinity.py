@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from berthing.inputs import json_type, parse_inputs
 from berthing.server.gateway import Call, Gateway, WrongTask, json_response
+from berthing.server.openapi import errors, json_body
 from berthing.server.protocols.rerank_apis import candidates, check_fields, pick_model, ranking
 from berthing.tasks.base import option_bool
 from berthing.types import BerthingError, InvalidInput, ModelNotFound, Overloaded, PayloadTooLarge
@@ -119,17 +120,46 @@ def routes(gateway: Gateway) -> list[Route]:
     return found
 
 
-def _post(summary: str, fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    err = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"}, "param": {"nullable": True}, "code": {"type": "integer"},
-    }}}}
+ERROR = {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "object", "required": ["message", "type", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"}, "param": {"nullable": True}, "code": {"type": "integer"}}},
+    "detail": {"type": "array", "items": {"type": "object"}, "description": "FastAPI's, on a 422"},
+}}
+_USAGE = {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}
+
+
+def envelope(kind: str, **fields: Any) -> dict[str, Any]:
+    """Infinity's answer: object, the fields, model, usage, id, created."""
+    return {"type": "object", "required": ["object", *fields, "model", "usage"], "properties": {
+        "object": {"enum": [kind]}, **fields, "model": {"type": "string"}, "usage": _USAGE,
+        "id": {"type": "string"}, "created": {"type": "integer"}}}
+
+
+LABELS = {"type": "array", "items": {"type": "object", "required": ["label", "score"], "properties": {
+    "label": {"type": "string"}, "score": {"type": "number"}}}}
+RERANKED = envelope("rerank", results={"type": "array", "items": {
+    "type": "object", "required": ["relevance_score", "index"], "properties": {
+        "relevance_score": {"type": "number"}, "index": {"type": "integer"}, "document": {"type": "string"}}}})
+EMBEDDINGS = envelope("list", data={"type": "array", "items": {"type": "object"}})
+
+
+def _post(summary: str, fields: dict[str, Any], required: list[str], answer: dict[str, Any],
+          example: dict[str, Any]) -> dict[str, Any]:
     return {"post": {
         "summary": summary, "tags": ["infinity"],
-        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": required,
-                                                                    "properties": fields}}}},
-        "responses": {"200": {"description": "Infinity's answer"},
-                      **{str(c): {"description": "error", "content": {"application/json": {"schema": err}}}
-                         for c in (400, 422, 429)}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": required, "properties": fields}, "example": example}}},
+        "responses": {"200": json_body(answer, "Infinity's answer"), **errors(ERROR, 400, 401, 422, 429, 500)},
+    }}
+
+
+def rerank_request() -> dict[str, Any]:
+    """Infinity's rerank body (POST /rerank: TEI's route takes it too when both are on)."""
+    model = {"type": "string", "default": PLACEHOLDER, "description": "a model name; the placeholder = the default model"}
+    return {"type": "object", "required": ["query", "documents"], "properties": {
+        "query": {"type": "string"}, "documents": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "return_documents": {"type": "boolean", "default": False}, "raw_scores": {"type": "boolean", "default": False},
+        "model": model, "top_n": {"type": "integer", "minimum": 1, "nullable": True},
     }}
 
 
@@ -137,18 +167,23 @@ def openapi_paths(gateway: Gateway) -> dict[str, Any]:
     """/openapi.json's entries for these routes."""
     model = {"type": "string", "default": PLACEHOLDER, "description": "a model name; the placeholder = the default model"}
     strings = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    entry = {"type": "object", "required": ["id", "object", "owned_by", "capabilities"], "properties": {
+        "id": {"type": "string"}, "object": {"enum": ["model"]}, "owned_by": {"type": "string"},
+        "created": {"type": "integer"}, "backend": {"type": "string"}, "stats": {"type": "object"},
+        "capabilities": {"type": "array", "items": {"type": "string"}}}}
+    listing = {"type": "object", "required": ["object", "data"], "properties": {
+        "object": {"enum": ["list"]}, "data": {"type": "array", "items": entry}}}
+    classified = envelope("classify", data={"type": "array", "items": LABELS})
     paths: dict[str, Any] = {
         "/models": {"get": {"summary": "Infinity's model list", "tags": ["infinity"],
-                            "responses": {"200": {"description": "{object: list, data: [...]}"}}}},
-        "/classify": _post("Infinity classify: every label per input, best first",
-                           {"input": strings, "model": model, "raw_scores": {"type": "boolean", "default": False}}, ["input"]),
-        "/rerank": _post("Infinity rerank", {
-            "query": {"type": "string"}, "documents": strings, "return_documents": {"type": "boolean", "default": False},
-            "raw_scores": {"type": "boolean", "default": False}, "model": model,
-            "top_n": {"type": "integer", "minimum": 1, "nullable": True},
-        }, ["query", "documents"]),
+                            "responses": {"200": json_body(listing, "the models"), **errors(ERROR, 401)}}},
+        "/classify": _post("Infinity classify: every label per input, best first", {
+            "input": {"oneOf": [{"type": "string"}, strings]}, "model": model,
+            "raw_scores": {"type": "boolean", "default": False}}, ["input"], classified, {"input": ["a text"]}),
+        "/rerank": _post("Infinity rerank", rerank_request()["properties"], ["query", "documents"], RERANKED,
+                         {"query": "a question", "documents": ["a text", "another"]}),
     }
     if "openai" not in gateway.settings.enabled_protocols():
         paths["/embeddings"] = _post("Infinity embeddings (the OpenAI adapter's handler)",
-                                     {"input": strings, "model": model}, ["input"])
+                                     {"input": strings, "model": model}, ["input"], EMBEDDINGS, {"input": ["a text"]})
     return paths

@@ -15,6 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.server.gateway import Call, Gateway, json_response
+from berthing.server.openapi import served_versions
+from berthing.server.protocols import kserve_openapi
 from berthing.server.protocols import kserve_tensors as kt
 from berthing.server.protocols.codec import dumps, parse_json
 from berthing.types import BadRequest, BerthingError, PayloadTooLarge
@@ -208,21 +210,6 @@ def routes(gateway: Gateway) -> list[Route]:
 
 
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
-    """/openapi.json's entries for these routes (the V2 wire format is the KServe/Triton spec's, not restated)."""
-    ok = {"200": {"description": "OK"}, "400": {"description": '{"error": message}'}}
-    model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-    paths: dict[str, Any] = {
-        "/v2": {"get": {"summary": "KServe V2 server metadata", "responses": ok}},
-        "/v2/health/live": {"get": {"summary": "KServe V2 liveness", "responses": ok}},
-        "/v2/health/ready": {"get": {"summary": "KServe V2 readiness", "responses": ok}},
-    }
-    for base, params in (("/v2/models/{model}", [model]), ("/v2/models/{model}/versions/{version}", [model, version])):
-        paths[base] = {"get": {"summary": "KServe V2 model metadata", "parameters": params, "responses": ok}}
-        paths[base + "/ready"] = {"get": {"summary": "KServe V2 model readiness", "parameters": params, "responses": ok}}
-        paths[base + "/config"] = {"get": {"summary": "Triton model configuration", "parameters": params, "responses": ok}}
-        paths[base + "/infer"] = {"post": {
-            "summary": "KServe V2 inference (JSON tensors or the binary tensor extension; BYTES inputs)",
-            "parameters": params, "responses": {**ok, "503": {"description": "overloaded; Retry-After"}},
-        }}
-    return paths
+    """/openapi.json's entries for these routes (schemas in kserve_openapi.py)."""
+    registry = gateway.registry
+    return kserve_openapi.openapi_paths(registry.names(), served_versions(registry))

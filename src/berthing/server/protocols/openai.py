@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from berthing.inputs import json_type, text_value
 from berthing.server.gateway import Call, Gateway, json_response
+from berthing.server.openapi import errors, json_body, not_found, nullable
 from berthing.tasks.embed import normalize
 from berthing.tasks.tokenize import check_token_ids
 from berthing.types import BadRequest, BerthingError, InvalidInput, TextInput, TokenIds
@@ -187,9 +188,10 @@ def routes(gateway: Gateway) -> list[Route]:
     ]
 
 
-_ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {
-    "type": "object", "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                                     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}}
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": nullable({"type": "string"}),
+                   "code": nullable({"type": "string"})}}}}
 _TOKENS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 _EMBED_REQUEST = {
     "type": "object",
@@ -205,23 +207,39 @@ _EMBED_REQUEST = {
         "dimensions": {"type": "integer", "minimum": 0, "description": "Keep the first d values (re-normalized when "
                        "the model normalizes); 0: full size"},
         "truncate": {"type": "boolean", "default": True, "description": "berthing's extension; false: over-long input is a 413"},
+        "modality": {"enum": ["text"], "description": "infinity-client sends it"},
         "user": {"type": "string", "description": "Ignored"},
     },
 }
+_EMBEDDINGS = {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
+    "object": {"enum": ["list"]},
+    "data": {"type": "array", "items": {"type": "object", "required": ["object", "index", "embedding"], "properties": {
+        "object": {"enum": ["embedding"]}, "index": {"type": "integer"},
+        "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string", "format": "byte"}]}}}},
+    "model": {"type": "string"},
+    "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"], "properties": {
+        "prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}},
+    "id": {"type": "string"}, "created": {"type": "integer"},
+}}
+_MODEL = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+    "id": {"type": "string"}, "object": {"enum": ["model"]}, "created": {"type": "integer"}, "owned_by": {"type": "string"}}}
 
 
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
     """/openapi.json's entries for these routes."""
-    errors = {str(c): {"description": "error", **_ERROR} for c in (400, 404, 413, 422, 503)}
+    names = {"type": "string", **({"enum": gateway.registry.names()} if gateway.registry.names() else {})}
     post = {"post": {
         "tags": ["openai"], "summary": "OpenAI embeddings",
-        "requestBody": {"content": {"application/json": {"schema": _EMBED_REQUEST}}},
-        "responses": {"200": {"description": "{object: list, data: [{object: embedding, index, embedding}], model, usage}"},
-                      **errors},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _EMBED_REQUEST, "example": {"input": "a text"}}}},
+        "responses": {"200": json_body(_EMBEDDINGS, "the embeddings, in input order"),
+                      **errors(_ERROR, 400, 401, 404, 413, 422, 500, 503)},
     }}
-    listing = {"get": {"tags": ["openai"], "summary": "The served models, OpenAI's shape",
-                       "responses": {"200": {"description": "{object: list, data: [{id, object: model, created, owned_by}]}"}}}}
+    listing = {"type": "object", "required": ["object", "data"], "properties": {
+        "object": {"enum": ["list"]}, "data": {"type": "array", "items": _MODEL}}}
+    listing_op = {"get": {"tags": ["openai"], "summary": "The served models, OpenAI's shape",
+                          "responses": {"200": json_body(listing, "the models"), **errors(_ERROR, 401)}}}
     one = {"get": {"tags": ["openai"], "summary": "One served model, OpenAI's shape",
-                   "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-                   "responses": {"200": {"description": "{id, object: model, created, owned_by}"}, "404": errors["404"]}}}
-    return {"/v1/embeddings": post, "/embeddings": post, "/v1/models": listing, "/v1/models/{model}": one}
+                   "parameters": [{"name": "model", "in": "path", "required": True, "schema": names}],
+                   "responses": {"200": json_body(_MODEL, "the model"), **errors(_ERROR, 401), **not_found(_ERROR)}}}
+    return {"/v1/embeddings": post, "/embeddings": post, "/v1/models": listing_op, "/v1/models/{model}": one}

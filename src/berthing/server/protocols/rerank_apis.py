@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from berthing.inputs import json_type, text_value
 from berthing.server.gateway import Call, Gateway, json_response
+from berthing.server.openapi import errors, json_body
 from berthing.tasks.base import as_json, option_bool, option_int
 from berthing.tasks.rerank import Candidate
 from berthing.types import BerthingError, InvalidInput, Overloaded, PayloadTooLarge
@@ -173,7 +174,24 @@ _DOCUMENTS = {"type": "array", "minItems": 1, "items": {"oneOf": [
 ]}}
 
 
-def _path(summary: str, fields: tuple[str, ...], error: dict[str, Any]) -> dict[str, Any]:
+def _answer(version: str) -> dict[str, Any]:
+    """The answer: Cohere's results and meta; on v1, Jina's model and usage too."""
+    result = {"type": "object", "required": ["index", "relevance_score"], "properties": {
+        "index": {"type": "integer"}, "relevance_score": {"type": "number"},
+        "document": {"type": "object", "description": "the document as sent (a string as {text})"}}}
+    tokens = {"type": "object", "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}}}
+    properties: dict[str, Any] = {
+        "id": {"type": "string"}, "results": {"type": "array", "items": result},
+        "meta": {"type": "object", "properties": {"api_version": {"type": "object"}, "tokens": tokens}},
+    }
+    if version == "v1":
+        properties["model"] = {"type": "string"}
+        properties["usage"] = {"type": "object", "properties": {
+            "total_tokens": {"type": "integer"}, "prompt_tokens": {"type": "integer"}}}
+    return {"type": "object", "required": ["id", "results", "meta"], "properties": properties}
+
+
+def _path(summary: str, fields: tuple[str, ...], error: dict[str, Any], version: str) -> dict[str, Any]:
     schema = {
         "type": "object", "required": ["query", "documents"],
         "properties": {
@@ -188,20 +206,21 @@ def _path(summary: str, fields: tuple[str, ...], error: dict[str, Any]) -> dict[
         },
     }
     schema["properties"] = {k: v for k, v in schema["properties"].items() if k in fields}
-    errors = {str(c): {"description": "error", "content": {"application/json": {"schema": error}}} for c in (400, 404, 422, 429)}
     return {"post": {
         "summary": summary, "tags": ["rerank"],
-        "requestBody": {"content": {"application/json": {"schema": schema}}},
-        "responses": {"200": {"description": "results [{index, relevance_score, document?}] best first"}, **errors},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": schema, "example": {"query": "a question", "documents": ["a text", "another"]}}}},
+        "responses": {"200": json_body(_answer(version), "results [{index, relevance_score, document?}] best first"),
+                      **errors(error, 400, 401, 404, 422, 429, 500)},
     }}
 
 
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
     """/openapi.json's entries for these routes."""
-    message = {"type": "object", "properties": {"message": {"type": "string"}}}
-    both = {"type": "object", "properties": {"message": {"type": "string"}, "detail": {"type": "string"}}}
+    message = {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}
+    both = {"type": "object", "required": ["message", "detail"],
+            "properties": {"message": {"type": "string"}, "detail": {"type": "string"}}}
     return {
-        "/v1/rerank": _path("Cohere v1 and Jina rerank", V1_FIELDS, both),
-        "/v2/rerank": _path("Cohere v2 rerank", V2_FIELDS, message),
+        "/v1/rerank": _path("Cohere v1 and Jina rerank", V1_FIELDS, both, "v1"),
+        "/v2/rerank": _path("Cohere v2 rerank", V2_FIELDS, message, "v2"),
     }
-

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from berthing.inputs import json_type
 from berthing.server.gateway import Call, Gateway
-from berthing.server.protocols import tei_routes
+from berthing.server.protocols import tei_openapi, tei_routes
 from berthing.server.protocols.tei_wire import (
     TeiError,
     answer,
@@ -176,30 +176,6 @@ def routes(gateway: Gateway) -> list[Route]:
     return out
 
 
-_SUMMARIES = {
-    "embed": "Pooled embeddings (TEI)", "embed_all": "Every token's embedding (TEI)", "predict": "Classification (TEI)",
-    "rerank": "Rerank texts against a query (TEI; an Infinity body with 'documents' too)",
-    "similarity": "Cosine similarity to a source sentence (TEI)", "tokenize": "Tokenize (TEI)", "decode": "Decode ids (TEI)",
-    "info": "Model info (TEI)", "health": "Health (TEI)",
-}
-
-
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
-    """/openapi.json's entries for these routes, tagged 'tei'."""
-    names = {"type": "string", "enum": gateway.registry.names()}
-    name_param = [{"name": "name", "in": "path", "required": True, "schema": names}]
-    error_body = {"description": "TEI error {error, error_type}", "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}}}}}}
-    paths: dict[str, Any] = {}
-    entries = [(p, n, m.lower()) for p, (n, _, m) in ROUTES.items()] + [("/", "root", "post"), ("/", "health", "get")]
-    for path, name, method in entries:
-        summary = _SUMMARIES.get(name, "Inference dispatched by the model's task (TEI; HF InferenceClient bodies)")
-        operation: dict[str, Any] = {"tags": ["tei"], "summary": summary, "responses": {
-            "200": {"description": "TEI's answer"}, **({} if method == "get" else {
-                "400": error_body, "413": error_body, "422": error_body, "424": error_body, "429": error_body})}}
-        if method == "post":
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
-        paths.setdefault(path, {})[method] = operation
-        prefixed = PREFIX if path == "/" else PREFIX + path
-        paths.setdefault(prefixed, {})[method] = {**operation, "parameters": name_param}
-    return paths
+    """/openapi.json's entries for these routes, tagged 'tei' (schemas in tei_openapi.py)."""
+    return tei_openapi.openapi_paths(gateway, ROUTES, PREFIX)

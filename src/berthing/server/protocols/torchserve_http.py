@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from berthing.server.gateway import Call, Gateway, error_response
-from berthing.server.openapi import torchserve_paths
+from berthing.server.openapi import served_tasks, served_versions, torchserve_paths
 from berthing.server.protocols.torchserve import decode_body, dump_result, encode_result, parse_request
 
 JSON = "application/json"
@@ -39,4 +39,5 @@ def routes(gateway: Gateway) -> list[Route]:
 
 def openapi_paths(gateway: Gateway) -> dict[str, Any]:
     """/openapi.json's entries for these routes."""
-    return torchserve_paths(gateway.registry.names())
+    registry = gateway.registry
+    return torchserve_paths(registry.names(), served_tasks(registry), served_versions(registry))
