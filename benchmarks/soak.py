@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` importable too
+
+from benchmarks.crash_restart import cpu_line, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHED = (429, 503)  # overload answers: a request refused with Retry-After is not a failure
@@ -228,20 +231,6 @@ def slope_per_100k(samples: list[tuple[int, float]]) -> float:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     spread = sum((x - mx) ** 2 for x in xs)
     return 0.0 if not spread else sum((x - mx) * (y - my) for x, y in samples) / spread * 100_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_line() -> str:
-    text = Path("/proc/cpuinfo").read_text()
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return f"{name} ({', '.join(f for f in wanted if f in flags) or 'no avx2'}; {os.cpu_count()} cores)"
 
 
 def start_server(specs: list[str], cache: Path, log: Path, timeout: float = 600) -> tuple[subprocess.Popen, int]:
