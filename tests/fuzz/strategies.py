@@ -39,6 +39,12 @@ CONTENT_TYPES = (
     "application/json; charset=utf-16", "multipart/form-data; boundary=x", "text/json", "application/problem+json",
     "image/png", "application/json;;;=", "text/plain; charset=latin-1",
 )
+# Headers some route reads, and values for them no client should send (framing headers that contradict the body,
+# Content-Length and Transfer-Encoding, are uvicorn's to refuse, with its own text/plain 400, before any route runs)
+HEADERS = ("X-Berthing-Model", "X-Berthing-Timeout-Ms", "Inference-Header-Content-Length", "Content-Encoding", "Expect")
+HEADER_VALUES = ("", " ", "0", "-1", "1", "1e999", "NaN", "inf", "-0", "99999999999999999999999", "0x10", "1_000",
+                 "embed", "ghost", "embed:1.0", "embed:9", ":", "gzip", "deflate", "br", "identity", "gzip, gzip",
+                 "100-continue", "chunked", "\t", "a" * 4000)
 LIMITS = (0, 1, -1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**400)
 # Raw JSON text put where a value goes: what no encoder writes, but a client may send
 FRAGMENTS = {

@@ -70,9 +70,6 @@ class Target:
     task: str
     fits: bool = True  # False: a model named in the path whose task the route does not serve (a 4xx to check too)
 
-    def __str__(self) -> str:
-        return self.path
-
 
 def _tei_body(suffix: str, task: str) -> Any:
     return HF_ROOT[task] if not suffix else FIXED[suffix][1]
@@ -95,7 +92,7 @@ def targets(app: Any) -> list[Target]:
                 fits = not suffix or FIXED[suffix][0] == task or suffix in ("/tokenize", "/decode")
                 out.append(Target(path.replace("{name}", task), _tei_body(suffix, task), task, fits))
         elif path == "/":
-            out += [Target("/", HF_ROOT[task], task) for task in ("embed",)]  # the default model: the first served
+            out.append(Target("/", HF_ROOT["embed"], "embed"))  # the default model: the first served
         else:
             task, body = FIXED[path]
             out.append(Target(path, body, task))

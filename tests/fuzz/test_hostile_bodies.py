@@ -12,7 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz.conftest import assert_still_serving
-from tests.fuzz.strategies import CONTENT_TYPES, FRAGMENTS, dump, fuzz_settings, replace, with_fragment
+from tests.fuzz.strategies import (
+    CONTENT_TYPES,
+    FRAGMENTS,
+    HEADER_VALUES,
+    HEADERS,
+    dump,
+    fuzz_settings,
+    replace,
+    with_fragment,
+)
 from tests.fuzz.targets import Target, check_answer, one_per_handler, targets, walk
 from tests.support.servers import ThreadServer
 
@@ -109,6 +118,23 @@ def test_valid_bodies_under_any_content_type(client: httpx.Client, found: list[T
     target = data.draw(st.sampled_from(found), label="target")
     content_type = data.draw(st.sampled_from(CONTENT_TYPES), label="content type")
     check_answer(target.path, send(client, target.path, dump(target.body), content_type))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_hostile_headers(client: httpx.Client, found: list[Target], data: st.DataObject) -> None:
+    """The headers routes read (the model, the deadline, KServe's binary header length, a compressed body, a
+    100-continue the client does not wait for) set to nonsense on a valid body or on random bytes."""
+    target = data.draw(st.sampled_from(found), label="target")
+    names = data.draw(st.lists(st.sampled_from(HEADERS), min_size=1, max_size=3, unique=True), label="headers")
+    values = st.sampled_from(HEADER_VALUES) | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+    headers = {name: data.draw(values, label=name) for name in names}
+    body = dump(target.body) if data.draw(st.booleans(), label="valid body") else data.draw(st.binary(max_size=64))
+    try:
+        response = client.post(target.path, content=body, headers={"content-type": "application/json", **headers})
+    except httpx.LocalProtocolError:  # a header value the client itself will not send (h11 checks them)
+        return
+    check_answer(target.path, response)
 
 
 def test_the_parsers_own_limits(client: httpx.Client) -> None:

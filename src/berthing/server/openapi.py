@@ -46,7 +46,7 @@ _REQUEST = {
         "texts": {"type": "array", "items": {"type": "string"}, "description": "Rerank: the candidates"},
         "top_n": {"type": "integer", "minimum": 1, "description": "Rerank: keep the n best"},
         "return_text": {"type": "boolean", "description": "Rerank: echo each text"},
-        "timeout_ms": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+        "timeout_ms": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3_600_000,
                        "description": "Refuse (503) rather than wait past this many milliseconds"},
     },
 }
@@ -157,10 +157,32 @@ def _server_paths() -> dict[str, Any]:
     }
 
 
+# Every protocol route reads the request's deadline from this header; a bad value is the protocol's invalid-input
+# error, which KServe and bert-serving answer as 400.
+DEADLINE_HEADER = {"name": "X-Berthing-Timeout-Ms", "in": "header", "required": False,
+                   "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3_600_000},
+                   "description": "the request's deadline: refused at once (503) when it would wait longer"}
+AS_400 = ("kserve", "bert-serving")
+
+
+def _with_deadline(operation: dict[str, Any]) -> dict[str, Any]:
+    """A protocol operation with the deadline header, and the status a bad value gets in the protocol's error shape."""
+    tag = (operation.get("tags") or [None])[0]
+    responses = operation.get("responses", {})
+    shape = next((r for code, r in responses.items() if code.startswith("4") and code != "404"), None)
+    if tag is None or shape is None:  # the server's own routes, the probes and the static files read no deadline
+        return operation
+    code = "400" if tag in AS_400 else "422"
+    return {**operation, "parameters": [*operation.get("parameters", []), DEADLINE_HEADER],
+            "responses": {**responses, code: responses.get(code, shape)}}
+
+
 def openapi(model_names: list[str], paths: dict[str, Any] | None = None) -> dict[str, Any]:
     """The document: the server's own routes and every enabled protocol's `paths` (tagged by protocol)."""
     own = _server_paths()
-    merged = {"/ping": own.pop("/ping"), **(paths or {})}
+    merged = {"/ping": own.pop("/ping")}
+    for path, operations in (paths or {}).items():
+        merged[path] = {verb: _with_deadline(operation) for verb, operation in operations.items()}
     for path, operations in own.items():
         merged[path] = {**operations, **merged.get(path, {})}
     return {

@@ -94,8 +94,11 @@ def openapi_paths() -> dict[str, Any]:
                                                              "task": {"type": "string"}, "default": {"type": "boolean"}}}},
         "predictions": {"type": "boolean", "description": "whether the /predictions routes the page calls are on"},
     }}
+    root = page(TYPES[".html"], "The playground page, to clients that accept text/html")
+    # Other clients fall through to the next GET / (TEI's health check), or, with TEI off, to OPTIONS / alone: 405
+    root["get"]["responses"].update(errors(ERROR_REF, 405, description="not a browser (no text/html in Accept)"))
     return {
-        "/": page(TYPES[".html"], "The playground page, to clients that accept text/html"),
+        "/": root,
         "/docs": page(TYPES[".html"], "This API, rendered for people"),
         "/ui/models": {"get": {"tags": ["ui"], "summary": "The models served: name, version, task (read-only)",
                                "responses": {"200": json_body(listing, "the list"), **errors(ERROR_REF, 401)}}},
