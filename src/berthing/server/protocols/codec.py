@@ -34,26 +34,37 @@ def parse_json(body: bytes) -> Any:
 def check_value(body: bytes, value: Any) -> None:
     """The limits parse_json holds a parsed `body` to; the value is walked only when its bytes could pass one."""
     deep = body.count(b"[") + body.count(b"{") > MAX_DEPTH
-    if deep or _LONG_NUMBER.search(body):
-        _walk(value)
+    long = _LONG_NUMBER.search(body) is not None
+    if deep or long:
+        _walk(value, long)
 
 
-def _walk(value: Any) -> None:
-    """Depth-first without recursion, so the check itself survives any depth orjson reads."""
-    low, high = INT64
+def _walk(value: Any, ints: bool) -> None:
+    """Depth-first without recursion, so the check itself survives any depth orjson reads; each container's items
+    are looked at in C (their types, and the smallest and largest integer when `ints`), so a body of a million token
+    ids costs milliseconds, not a Python loop."""
+    if type(value) is int:
+        _check_ints([value])
+    if type(value) not in (list, dict):
+        return
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise BadRequest(f"body is nested deeper than {MAX_DEPTH} levels of arrays and objects")
-        for child in item.values() if type(item) is dict else item if type(item) is list else ():
-            kind = type(child)
-            if kind is list or kind is dict:
-                stack.append((child, depth + 1))
-            elif kind is int and not low <= child <= high:
-                raise BadRequest(f"body holds the integer {child}, outside the signed 64-bit range any field takes")
-    if type(value) is int and not low <= value <= high:
-        raise BadRequest(f"body is the integer {value}, outside the signed 64-bit range any field takes")
+        children = list(item.values()) if type(item) is dict else item
+        kinds = set(map(type, children))
+        if ints and int in kinds:
+            _check_ints(children if len(kinds) == 1 else [c for c in children if type(c) is int])
+        if list in kinds or dict in kinds:
+            stack.extend((c, depth + 1) for c in children if type(c) is list or type(c) is dict)
+
+
+def _check_ints(values: list[int]) -> None:
+    low, high = min(values), max(values)
+    for bad in (low, high):
+        if not INT64[0] <= bad <= INT64[1]:
+            raise BadRequest(f"body holds the integer {bad}, outside the signed 64-bit range any field takes")
 
 
 def dumps(data: Any) -> bytes:
