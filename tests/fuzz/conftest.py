@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from berthing.registry import Registry
-from tests.fuzz.targets import PREDICTION, TASKS
+from tests.fuzz.targets import PREDICTION, TASKS, Target, targets
 from tests.support.http import WAIT_S, clone
 from tests.support.servers import ThreadServer
 
@@ -32,8 +32,21 @@ def client(fuzz_server: ThreadServer) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture(scope="module")
+def found(fuzz_server: ThreadServer) -> list[Target]:
+    """Every POST route of the server, each with a valid body."""
+    return targets(fuzz_server.app)
+
+
+@pytest.fixture(autouse=True)
+def still_serving(client: httpx.Client) -> Iterator[None]:
+    """After each test: never a worker lost."""
+    yield
+    assert_still_serving(client)
+
+
 def assert_still_serving(client: httpx.Client) -> None:
-    """Never a worker lost: every model is ready and answers a valid request."""
+    """Every model is ready and answers a valid request."""
     ready = client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     for task in TASKS:

@@ -4,14 +4,11 @@ in the route's own JSON error shape (or served), and the server still serves eve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.conftest import assert_still_serving
 from tests.fuzz.strategies import (
     CONTENT_TYPES,
     FRAGMENTS,
@@ -22,10 +19,8 @@ from tests.fuzz.strategies import (
     replace,
     with_fragment,
 )
-from tests.fuzz.targets import Target, check_answer, one_per_handler, targets, walk
-from tests.support.servers import ThreadServer
+from tests.fuzz.targets import Target, check_answer, one_per_handler, walk
 
-JSON = {"content-type": "application/json"}
 # Whole bodies that fail before any field is read, whatever the route
 RAW_BODIES = {
     "empty": b"", "blank": b" \r\n\t", "bom only": b"\xef\xbb\xbf", "invalid utf-8": b"\xff\xfe\x00{",
@@ -38,17 +33,6 @@ RAW_BODIES = {
 }
 DEEP_FRAGMENTS = ("u64 max", "max float", "nested 1000", "objects 1000")
 SETTINGS = fuzz_settings(200)
-
-
-@pytest.fixture(scope="module")
-def found(fuzz_server: ThreadServer) -> list[Target]:
-    return targets(fuzz_server.app)
-
-
-@pytest.fixture(autouse=True)
-def still_serving(client: httpx.Client) -> Iterator[None]:
-    yield
-    assert_still_serving(client)
 
 
 def send(client: httpx.Client, path: str, body: bytes, content_type: str | None = "application/json") -> httpx.Response:

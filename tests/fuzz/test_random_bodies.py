@@ -4,31 +4,16 @@ below 500, a 4xx is in the route's own JSON error shape, and every model still s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.conftest import assert_still_serving
 from tests.fuzz.strategies import CONTENT_TYPES, FIELDS, dump, fuzz_settings, json_objects, json_values, keys, replace
-from tests.fuzz.targets import Target, check_answer, targets, walk
-from tests.support.servers import ThreadServer
+from tests.fuzz.targets import Target, check_answer, walk
 
 SETTINGS = fuzz_settings(500)
-
-
-@pytest.fixture(scope="module")
-def found(fuzz_server: ThreadServer) -> list[Target]:
-    return targets(fuzz_server.app)
-
-
-@pytest.fixture(autouse=True)
-def still_serving(client: httpx.Client) -> Iterator[None]:
-    yield
-    assert_still_serving(client)
 
 
 def post(client: httpx.Client, target: Target, body: bytes, content_type: str | None) -> None:
