@@ -85,10 +85,9 @@ def openapi_paths(names: list[str], versions: list[str]) -> dict[str, Any]:
         paths[base + "/infer"] = {"post": {
             "summary": "KServe V2 inference (JSON tensors or the binary tensor extension; BYTES inputs)",
             "parameters": [*params, header],
-            "requestBody": {"required": True, "content": {
+            "requestBody": {"required": True, "description": "JSON, or a JSON header then binary tensors", "content": {
                 "application/json": {"schema": REQUEST, "example": EXAMPLE},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                             "description": "a JSON header, then binary tensors"}}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "responses": {
                 "200": {"description": "the outputs: JSON, or a JSON header and binary tensors where asked",
                         "content": {"application/json": {"schema": RESPONSE},
