@@ -251,3 +251,9 @@ def test_too_many_windows_is_refused_before_tokenizing_them(server: str) -> None
     )
     assert (response.status_code, response.json()) == (413, {"code": 413, "type": "PayloadTooLarge", "message": message})
     assert httpx.post(server, json={"question": "what?", "context": "word " * 2000}).status_code == 200
+
+
+def test_a_huge_max_answer_len_is_the_same_as_any_length_past_the_context(qa: Model) -> None:
+    """2**64-1 overflowed numpy's int64 from the Python API (the server's JSON parser refuses it before: 400)."""
+    item = {"question": "Where is it?", "context": "It is in Paris, the capital of France."}
+    assert qa.predict(item, max_answer_len=2**64 - 1) == qa.predict(item, max_answer_len=512)

@@ -126,7 +126,9 @@ def _model_threads(model: Model) -> str:
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket ourselves so port 0 works and the real port can be printed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the listener says TCP, and
+    # without it each kept-alive request waits ~40 ms for a delayed ACK (uvloop sets it either way)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)

@@ -190,7 +190,8 @@ class QaTask(Task):
                 raise InvalidInput(f"input[{i}] must be a {OBJECT} object, not {type(item).__name__}")
         return {
             "top_k": option_int(options, "top_k", 1) or 1,
-            "max_answer_len": option_int(options, "max_answer_len", 1) or 15,
+            # past any sequence's length a larger value changes nothing; numpy's int64 would overflow on 2**63+
+            "max_answer_len": min(option_int(options, "max_answer_len", 1) or 15, 1 << 20),
             "handle_impossible_answer": option_bool(options, "handle_impossible_answer", False),
             "doc_stride": option_int(options, "doc_stride", 0),
             "max_question_len": option_int(options, "max_question_len", 1),
