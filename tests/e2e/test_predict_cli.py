@@ -112,9 +112,11 @@ def test_stdin_to_stdout(classifier, settings) -> None:
     assert [o["text"] for o in out] == TEXTS and _close(out[0]["prediction"], model.predict(TEXTS[0]))
 
 
-def _sigint_default() -> None:
-    """A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT: give Ctrl-C back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT: the child gives Ctrl-C back
+# to itself before running the CLI. Not with preexec_fn: that forces fork(), which aborts the child now and then when
+# the test process holds gRPC threads (Ray's, from the cluster tests); without it Python spawns with vfork.
+WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv[0] = 'berthing'; runpy.run_module('berthing.cli', run_name='__main__')")
 
 
 def test_ctrl_c_stops_cleanly_with_complete_lines_in_order(classifier, settings, tmp_path: Path) -> None:
@@ -122,9 +124,8 @@ def test_ctrl_c_stops_cleanly_with_complete_lines_in_order(classifier, settings,
     texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(400_000)]
     (tmp_path / "big.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "berthing.cli", "predict", spec, str(tmp_path / "big.txt"), "-o", str(out),
-                             "--cache-dir", str(settings.cache_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_sigint_default)
+    proc = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "predict", spec, str(tmp_path / "big.txt"), "-o", str(out),
+                             "--cache-dir", str(settings.cache_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out.exists() and out.stat().st_size > 100_000):  # some results are on disk: interrupt mid-run
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
