@@ -21,9 +21,10 @@ from berthing.engine.batcher import Batcher, BatchLimits, BatchObserver
 from berthing.engine.batching import plan_batches
 from berthing.runtime.base import Runtime
 from berthing.spec import ModelSpec
+from berthing.tasks.prefix import input_chars
 from berthing.tasks.registry import make_task
 from berthing.tasks.tokenize import Encoded, Encoder
-from berthing.types import BadRequest, ModelNotFound, PayloadTooLarge, TextInput, TextPair
+from berthing.types import BadRequest, ModelNotFound, PayloadTooLarge, TextInput
 
 # At most this many lanes: each is a whole session (~55 MB for MiniLM int8), so a many-core host gets fewer,
 # wider lanes (16 cores: 4 lanes x 4 threads) instead of one session per core. Measured only on 2 cores.
@@ -216,7 +217,7 @@ class Model:
             deadline = deadline_after(options.pop("timeout_ms"))
         checked = self.task.check(inputs, options)
         self.batcher.precheck(deadline)  # before tokenizing: under overload most requests end here, cheaply
-        if len(inputs) > _INLINE_TOKENIZE_ITEMS or _chars(inputs) > _INLINE_TOKENIZE_CHARS:
+        if len(inputs) > _INLINE_TOKENIZE_ITEMS or sum(map(input_chars, inputs)) > _INLINE_TOKENIZE_CHARS:
             encoded = await asyncio.to_thread(self.task.encode, self.encoder, inputs, checked)
         else:
             encoded = self.task.encode(self.encoder, inputs, checked)
@@ -313,17 +314,6 @@ class Model:
                 "maxQueue": self.limits.max_queue,
             },
         }
-
-
-def _chars(inputs: list[TextInput]) -> int:
-    """Characters to tokenize (pairs count both texts; pre-split words and token ids count as short)."""
-    total = 0
-    for item in inputs:
-        if isinstance(item, str):
-            total += len(item)
-        elif isinstance(item, TextPair):
-            total += len(item.text) + len(item.text_pair)
-    return total
 
 
 def describe_lanes(threads: list[int]) -> str:
