@@ -63,6 +63,16 @@ def test_cohere_v2_max_tokens_per_doc_cuts_documents(server: ThreadServer, load:
     assert pairs(answer.results) == torchserve(server.url, cut)
 
 
+def test_cohere_max_tokens_per_doc_on_a_huge_document(server: ThreadServer, load: Any) -> None:
+    # 2 MB: only a prefix is tokenized (tasks/prefix.py), and the cut is the one the whole text gives
+    tokenizer = load("rerank").encoder.tokenizer
+    huge = DOCS[1] + " " + "物流很快 fast delivery, " * 100_000
+    cut = [d[: tokenizer.encode(d, add_special_tokens=False).offsets[:5][-1][1]] for d in (DOCS[0], huge)]
+    client = cohere.ClientV2(api_key="x", base_url=server.url)
+    answer = client.rerank(model="ranker", query=QUERY, documents=[DOCS[0], huge], max_tokens_per_doc=5)
+    assert len(cut[1]) < 100 and pairs(answer.results) == torchserve(server.url, cut)
+
+
 def test_cohere_v1_return_documents_and_objects(server: ThreadServer) -> None:
     client = cohere.Client(api_key="x", base_url=server.url)
     documents: list[Any] = [DOCS[0], *({"text": d, "id": f"doc{i}"} for i, d in enumerate(DOCS[1:], 1))]

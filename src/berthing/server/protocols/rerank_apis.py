@@ -80,9 +80,11 @@ def document_text(doc: Any, i: int, rank_fields: list[str] | None) -> str:
 
 
 def cut(model: Model, text: str, tokens: int | None) -> str:
-    """Cohere's max_tokens_per_doc: the text up to its first `tokens` tokens (the model still truncates the pair)."""
-    if tokens is None:
+    """Cohere's max_tokens_per_doc: the text up to its first `tokens` tokens; whole from the model's max length on
+    (the model truncates the pair). Only a bounded prefix is tokenized, whatever the document's size."""
+    if tokens is None or tokens >= model.encoder.max_length:
         return text
+    text = model.encoder.prefixes([text], tokens)[0]  # a prefix whose first `tokens` tokens are the whole text's
     offsets = model.encoder.tokenizer.encode(text, add_special_tokens=False).offsets
     return text[: offsets[tokens - 1][1]] if len(offsets) > tokens else text
 
