@@ -88,6 +88,15 @@ class Registry:
         with self._lock:
             return sorted(self._models)
 
+    def crashed(self) -> dict[str, str]:
+        """Models whose batcher stopped on an error (a bug, not a failing batch), as "name:version": why. Only a
+        restart brings them back, so every liveness route of every protocol fails while one is listed."""
+        return {
+            f"{m.name}:{m.version}": f"its batcher stopped on an error ({m.batcher.crashed})"
+            for m in self.all()
+            if m.batcher is not None and m.batcher.crashed is not None
+        }
+
     def default_version(self, name: str) -> str:
         with self._lock:
             return self._default[name]

@@ -43,3 +43,34 @@ def test_probes_are_in_openapi(server_factory, load) -> None:
         paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
         assert {"/health/live", "/health/ready", "/health/ready/{name}", "/health/ready/{name}/{version}"} <= set(paths)
         assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
+
+
+def test_a_model_whose_batcher_stopped_on_an_error_fails_liveness_and_the_others_serve(
+    server_factory, load, monkeypatch
+) -> None:
+    with server_factory({"embedder": load("embed"), "broken": clone(load("classify"), "broken")}) as server:
+        batcher = server.app.state.registry.get("broken").batcher
+
+        def bug() -> list:  # a bug in the batcher's own code (batch errors are caught and fail only their batch)
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(batcher, "_take", bug)
+        failed = httpx.post(f"{server.url}/predictions/broken", json={"input": "x"})  # queued, then the worker ends
+        assert (failed.status_code, failed.json()["message"]) == (500, "model 'broken' stopped serving: RuntimeError: a bug")
+        refused = httpx.post(f"{server.url}/predictions/broken", json={"input": "x"})  # not queued for ever: 503
+        assert (refused.status_code, refused.headers["retry-after"]) == (503, "30")
+        assert refused.json()["message"] == (
+            "model 'broken' stopped serving (RuntimeError: a bug); it serves again after a restart")
+        reason = "its batcher stopped on an error (RuntimeError: a bug)"
+        live = httpx.get(f"{server.url}/health/live")  # only a restart helps: the supervisor's liveness probe says so
+        assert (live.status_code, live.json()) == (503, {"status": "dead", "models": {"broken:1.0": reason}})
+        assert httpx.get(f"{server.url}/health/ready/broken").json()["reason"] == reason
+        for path, status, body in [  # every protocol's liveness route says so too
+            ("/ping", 500, {"status": "Unhealthy"}),
+            ("/health", 503, {"error": "unhealthy", "error_type": "Unhealthy"}),
+            ("/v2/health/live", 503, {"live": False}),
+        ]:
+            answer = httpx.get(f"{server.url}{path}")
+            assert (answer.status_code, answer.json()) == (status, body), path
+        assert httpx.get(f"{server.url}/health/ready/embedder").status_code == 200
+        assert httpx.post(f"{server.url}/predictions/embedder", json={"input": "x"}).status_code == 200

@@ -264,3 +264,50 @@ def test_a_native_panic_in_a_batch_fails_that_batch_and_the_worker_goes_on() -> 
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_answered_with_the_wrong_number_of_rows_fails_its_requests_and_the_worker_goes_on() -> None:
+    async def scenario() -> None:
+        short = [True]
+
+        def runner(items: list[Encoded]) -> np.ndarray:  # a runtime or handler bug: one row missing
+            return np.zeros((len(items) - short.pop() if short else len(items), 1))
+
+        batcher = Batcher("m", [runner], BatchLimits())
+        batcher.start()
+        futures = batcher.submit([item(2), item(3)])
+        for future in futures:  # never a row given to the wrong request, never a request left waiting
+            with pytest.raises(InferenceFailed) as failed:
+                await future
+            assert failed.value.message == "inference failed on a batch of 2 items: the model returned 1 result"
+        assert (await batcher.submit([item(2)])[0]).shape == (1,)
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_ends_on_an_error_stops_the_batcher_and_nothing_waits_for_ever() -> None:
+    async def scenario() -> None:
+        def bug() -> None:  # on_load runs after LOAD_STREAK batches that end with items queued; a bug there
+            raise RuntimeError("a bug")
+
+        gate = Gate()
+        batcher = Batcher("m", [gate], BatchLimits(max_batch_size=1), on_load=bug)
+        batcher.start()
+        futures = batcher.submit([item(2)] * 5)
+        gate.open.set()
+        for future in futures[:3]:  # the three batches before the bug are answered
+            await future
+        for future in futures[3:]:
+            with pytest.raises(InferenceFailed) as failed:
+                await future
+            assert failed.value.message == "model 'm' stopped serving: RuntimeError: a bug"
+        assert (batcher.crashed, batcher.running) == ("RuntimeError: a bug", False)
+        assert batcher.problem == "its batcher stopped on an error (RuntimeError: a bug)"
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit([item(2)])
+        assert refused.value.message == "model 'm' stopped serving (RuntimeError: a bug); it serves again after a restart"
+        assert refused.value.headers == {"Retry-After": "30"}
+        await batcher.close()
+
+    asyncio.run(scenario())

@@ -14,6 +14,7 @@ lowest latency.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,8 @@ def _count(n: int, noun: str) -> str:
 
 RunBatch = Callable[[list[Encoded]], np.ndarray]
 BatchObserver = Callable[[int, int, int, float], None]
+
+log = logging.getLogger(__name__)
 
 # Batches that end with more items queued, in a row, before the batcher calls on_load (lanes are built then).
 LOAD_STREAK = 3
@@ -109,6 +112,7 @@ class Batcher:
         self._hung: set[RunBatch] = set()  # runners whose batch outlived batch_timeout_s and has not returned
         self._failures = 0  # batches in a row that raised
         self._last_error = ""
+        self.crashed: str | None = None  # why a worker ended on an error: the batcher stopped for good
 
     @property
     def depth(self) -> int:
@@ -135,6 +139,8 @@ class Batcher:
     @property
     def problem(self) -> str | None:
         """Why the model does not serve well now (readiness says so), or None."""
+        if self.crashed is not None:
+            return f"its batcher stopped on an error ({self.crashed})"
         if self.hung:
             return f"a batch has run for over {self.limits.batch_timeout_s:g} s and the runtime has not returned"
         if self.failing:
@@ -144,6 +150,27 @@ class Batcher:
     @property
     def running(self) -> bool:
         return bool(self._tasks)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A worker that ends on an error (a bug: batch errors are caught) stops the batcher for good: every queued
+        request fails now instead of waiting for ever, and `crashed` makes the liveness probe fail, so that a
+        supervisor restarts the process."""
+        if task.cancelled() or task.exception() is None or self.crashed is not None:
+            return
+        exc = task.exception()
+        self.crashed = f"{type(exc).__name__}: {exc}"
+        log.error("model %r stopped serving: a batch worker failed", self.name, exc_info=exc)
+        error = InferenceFailed(f"model {self.name!r} stopped serving: {self.crashed}")
+        for other in self._tasks:
+            other.cancel()
+        self._tasks, self._workers = [], {}
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._pending, self._queued_tokens = [], 0
+        for executor in self._executors.values():
+            executor.shutdown(wait=False)
+        self._executors = {}
 
     def start(self) -> None:
         """Start the workers on the running event loop."""
@@ -160,6 +187,8 @@ class Batcher:
     def _spawn(self, run: RunBatch, in_flight: int = 1) -> None:
         self._executors[run] = ThreadPoolExecutor(1, thread_name_prefix=f"berthing-{self.name}")  # starts lazily
         tasks = [asyncio.create_task(self._work(run)) for _ in range(in_flight)]
+        for task in tasks:
+            task.add_done_callback(self._ended)
         self._workers[run] = tasks
         self._tasks.extend(tasks)
 
@@ -225,6 +254,9 @@ class Batcher:
     def submit(self, encoded: list[Encoded], deadline: float | None = None) -> list[asyncio.Future[Any]]:
         """Queue a request's items, or refuse them at once (503 + Retry-After): when the queue holds max_queue items,
         when they would wait over max_queue_ms, or when they would end after `deadline` (time.monotonic())."""
+        if self.crashed is not None:
+            raise Overloaded(f"model {self.name!r} stopped serving ({self.crashed}); it serves again after a restart",
+                             retry_after=30)
         if not self._tasks or self._wakeup is None:
             raise BerthingError(f"model {self.name!r} is not running")
         own = sum(item.length for item in encoded)
@@ -313,6 +345,11 @@ class Batcher:
             self._idle.clear()
             try:
                 rows, seconds = await self._run(loop, target, batch)
+                if len(rows) != len(batch):  # a runtime or handler bug: no request may get another's row
+                    raise InferenceFailed(
+                        f"inference failed on a batch of {_count(len(batch), 'item')}: the model returned "
+                        f"{_count(len(rows), 'result')}"
+                    )
             except BaseException as exc:  # a failing batch fails only its own requests
                 if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                     raise  # the batcher is closing; a Rust panic (pyo3's PanicException) is a BaseException too
@@ -331,7 +368,10 @@ class Batcher:
                         item.future.set_result(row)
                 if self._on_batch is not None:
                     lengths = [item.encoded.length for item in batch]
-                    self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), seconds)
+                    try:
+                        self._on_batch(len(batch), max(lengths) * len(batch), sum(lengths), seconds)
+                    except Exception:  # metrics must never stop the serving
+                        log.exception("model %r: the batch observer failed", self.name)
             finally:
                 self._busy -= 1
                 self._running_tokens -= tokens

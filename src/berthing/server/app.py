@@ -60,6 +60,8 @@ def create_app(
     on_port = f"protocols: {', '.join(http_protocols)}" if http_protocols else "no protocol is on (--protocols)"
 
     async def ping(_: Request) -> Response:
+        if registry.crashed():  # TorchServe's answer when its workers are gone
+            return Response(b'{"status":"Unhealthy"}', status_code=500, media_type=JSON)
         return Response(b'{"status":"Healthy"}', media_type=JSON)
 
     async def describe(_: Request) -> Response:

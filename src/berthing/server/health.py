@@ -2,7 +2,8 @@
 
 `GET /ping` stays TorchServe's. Probes carry no token, so these routes need none, and they say no more than which
 models serve. A model is ready while its batcher runs (loaded, started with the server, not unregistered), no
-batch is hung past batch_timeout_s on every runner, and its last batches did not all fail.
+batch is hung past batch_timeout_s on every runner, and its last batches did not all fail. The process is live
+unless a model's batcher stopped on an error (a bug, not a failing batch): only a restart brings that back.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def problem(model: Any, failures: bool = True) -> str | None:
     if model.retired:
         return "unregistered"
     if model.batcher is None or not model.batcher.running:
-        return "not started" if model.batcher is None else "its batcher stopped"
+        if model.batcher is None:
+            return "not started"
+        crashed = model.batcher.crashed
+        return "its batcher stopped" + (f" on an error ({crashed})" if crashed else "")
     if not failures and not model.batcher.hung:
         return None
     return model.batcher.problem  # a batch hung past batch_timeout_s, or batches failing in a row
@@ -54,6 +58,9 @@ def routes(registry: Registry, error_response: Any) -> list[Route]:
     """The probe routes over the live registry."""
 
     async def live(_: Request) -> Response:
+        dead = registry.crashed()
+        if dead:  # only a restart brings such a model back: a supervisor's liveness probe should see that
+            return Response(dumps({"status": "dead", "models": dead}), status_code=503, media_type=JSON)
         return Response(b'{"status":"alive"}', media_type=JSON)
 
     async def ready(_: Request) -> Response:
@@ -90,9 +97,13 @@ def openapi_paths() -> dict[str, Any]:
         "status": {"enum": ["ready", "not ready"]}, "models": {"type": "object", "additionalProperties": state}}}
     ready = {"200": json_body(every, "serving"), "503": json_body(every, "not serving (the body says why)")}
     one = {"200": json_body(state, "serving"), "503": json_body(state, "not serving (reason)"), **not_found(ERROR_REF)}
-    alive = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    alive = {"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["alive", "dead"]},
+        "models": {"type": "object", "additionalProperties": {"type": "string"}, "description": "why each stopped"}}}
     return {
-        "/health/live": {"get": {"summary": "Liveness: the process answers", "responses": {"200": json_body(alive, "alive")}}},
+        "/health/live": {"get": {"summary": "Liveness: the process answers", "responses": {
+            "200": json_body(alive, "alive"),
+            "503": json_body(alive, "a model stopped on an error: restart the process")}}},
         "/health/ready": {"get": {"summary": "Readiness: every model serves", "responses": ready}},
         "/health/ready/{name}": {"get": {"summary": "One model's readiness", "parameters": [name], "responses": one}},
         "/health/ready/{name}/{version}": {

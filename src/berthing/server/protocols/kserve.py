@@ -41,8 +41,10 @@ async def server_metadata(request: Request, call: Call) -> Response:
 
 
 async def live(request: Request, call: Call) -> Response:
-    """GET /v2/health/live: the process answers."""
-    return json_response({"live": True})
+    """GET /v2/health/live: the process answers, and no model's batcher stopped on an error (tritonclient reads
+    the status: 200 is live)."""
+    live = not call.gateway.registry.crashed()
+    return json_response({"live": live}, 200 if live else 503)
 
 
 async def ready(request: Request, call: Call) -> Response:

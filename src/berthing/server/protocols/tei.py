@@ -83,6 +83,8 @@ async def health(request: Request, call: Call) -> Response:
         pick(call, request)  # an unknown name is a 404
     elif not call.gateway.registry.names():
         raise TeiError("unhealthy", 503, "Unhealthy")
+    if call.gateway.registry.crashed():  # a model stopped on an error: only a restart helps
+        raise TeiError("unhealthy", 503, "Unhealthy")
     return answer({"unix": time.time()})
 
 
