@@ -2,8 +2,8 @@
 
 Why open loop: a closed loop (N clients that wait for their answer) slows down with the server and never overloads
 it; real traffic keeps arriving. Each configuration starts its own `berthing serve` (default model minilm), measures
-capacity with a closed loop at concurrency 32, then sends requests on a fixed schedule at 0.5x, 1x, 2x, 4x and 8x of
-it. Every request is counted once: 200, refused (503/429, with Retry-After), other status, connection error, or no
+capacity with a closed loop at concurrency 32 (which also warms it up alike: lanes built), then sends requests on a
+fixed schedule at 0.5x, 1x, 2x, 4x and 8x of the first configuration's capacity. Every request is counted once: 200, refused (503/429, with Retry-After), other status, connection error, or no
 answer within --client-timeout. The configurations run side by side in one invocation (default: admission by
 expected wait, max_queue_ms 2000, against item counting alone, --max-queue-ms 0, which was berthing's admission
 before issue 18).
@@ -197,8 +197,12 @@ def run_config(name: str, args: argparse.Namespace, payload_texts: list[list[str
         path = f"/predictions/{server.name}"
         payloads = [post_bytes(host, port, path, json.dumps({"input": texts}).encode()) for texts in payload_texts]
         pid = listener_pid(port) or (server.proc.pid if server.proc else None)
-        cap = args.capacity or capacity(host, port, payloads)
-        print(f"[{name}] capacity {cap:.1f} requests/s ({cap * args.texts:.0f} sentences/s)", flush=True)
+        # measured on every server, also as its warm-up: each builds its lanes under this load alike (a server
+        # without them has less capacity, which would confound the configurations)
+        measured = capacity(host, port, payloads)
+        cap = args.capacity or measured
+        print(f"[{name}] capacity {measured:.1f} requests/s ({measured * args.texts:.0f} sentences/s); offered loads "
+              f"are multiples of {cap:.1f}", flush=True)
         rows = []
         for multiple in (float(x) for x in args.rates.split(",")):
             row = open_loop(host, port, payloads, cap * multiple, args.duration, args.client_timeout, pid)
@@ -206,7 +210,7 @@ def run_config(name: str, args: argparse.Namespace, payload_texts: list[list[str
             rows.append(row)
             print(f"[{name}] {multiple:g}x: {_line(row)}", flush=True)
             time.sleep(3)  # let the queue empty before the next rate
-        return {"config": name, "flags": CONFIGS[name], "capacity_rps": cap, "rows": rows}
+        return {"config": name, "flags": CONFIGS[name], "capacity_rps": cap, "measured_rps": measured, "rows": rows}
     finally:
         server.stop()
 
