@@ -18,7 +18,7 @@ from starlette.routing import Route
 from berthing.config import Settings
 from berthing.engine.model import Model
 from berthing.loading import load_model
-from berthing.names import check_name
+from berthing.names import check_name, check_version
 from berthing.packaging.sources import ModelSource, resolve
 from berthing.registry import Conflict, Registry
 from berthing.server.app import JSON
@@ -30,19 +30,31 @@ from berthing.types import BadRequest, BerthingError, ModelLoadError
 
 log = logging.getLogger("berthing.management")
 Handler = Callable[[Request], Awaitable[Response]]
+MAX_WORKERS = 64  # as Settings.workers and default_workers allow: each worker is a runtime instance and a thread
 
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(torchserve.dumps(body), status, media_type=JSON)
 
 
+def _shown(raw: str) -> str:
+    """A query value as an error message quotes it: the first 64 characters."""
+    return repr(raw) if len(raw) <= 64 else f"{raw[:64]!r}... ({len(raw)} characters)"
+
+
 def _int(request: Request, name: str, default: int | None, low: int = 0) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < low:
-        raise BadRequest(f"parameter {name!r} must be an integer >= {low}, not {raw!r}")
-    return int(raw)
+    try:  # isdigit() holds for "²" and other digits int() refuses; int() refuses over 4300 digits
+        value = int(raw) if raw.isascii() and raw.isdigit() else None
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise BadRequest(f"parameter {name!r} must be an integer >= {low}, not {_shown(raw)}")
+    if name in ("min_worker", "initial_workers") and value > MAX_WORKERS:
+        raise BadRequest(f"parameter {name!r} must be at most {MAX_WORKERS} (the most workers a model takes), not {_shown(raw)}")
+    return value
 
 
 def _bool(request: Request, name: str, default: bool) -> bool:
@@ -137,16 +149,19 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
         url = request.query_params.get("url", "")
         path = check_source(url, settings.model_store, settings.allowed_sources)
         name = request.query_params.get("model_name") or ""
-        if name:
-            try:
-                check_name(name)
-            except ModelLoadError as exc:
-                raise BadRequest(exc.message) from None
         version = request.query_params.get("model_version") or None
+        try:  # both end up in URLs and file names
+            if name:
+                check_name(name)
+            if version:
+                check_version(version)
+        except ModelLoadError as exc:
+            raise BadRequest(exc.message) from None
         workers = _int(request, "initial_workers", None, low=1)
         synchronous = _bool(request, "synchronous", True)
         try:  # quick (a package is extracted and checked here): its errors answer this request, even asynchronous
-            source = await asyncio.to_thread(resolve, f"{name}={path}" if name else path, settings.cache_dir)
+            # always NAME=SOURCE: a bare path with '=' in it would be split there
+            source = await asyncio.to_thread(resolve, f"{name}={path}", settings.cache_dir)
         except BerthingError:
             raise
         except Exception as exc:

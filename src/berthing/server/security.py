@@ -86,6 +86,13 @@ def check_source(url: str, store: Path | None, allowed: list[str]) -> str:
     """What sources.resolve may open for `url`: a path inside the store, or a source on the allow-list."""
     if not url:
         raise BadRequest("parameter 'url' is required: a package or folder in the model store")
+    try:
+        return _check_source(url, store, allowed)
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, a link loop: not the server's fault
+        raise BadRequest(f"source {url!r} is not a path that can be opened: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _check_source(url: str, store: Path | None, allowed: list[str]) -> str:
     if any(_allowed(url, prefix) for prefix in allowed):
         return url.removeprefix("file://")
     if _SCHEME_RE.match(url):
