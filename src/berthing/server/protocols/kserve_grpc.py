@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from berthing.engine.admission import DEADLINE
 from berthing.server.gateway import Gateway
@@ -135,18 +136,28 @@ class Service:
         return response
 
 
-def _handler(service: Service, method: str, token: str | None) -> Callable[[Any, grpc.ServicerContext], Any]:
+def parse(message: type[Message], data: bytes) -> Any:
+    """The request's bytes as its message; bytes that are not one (grpc's own deserializer answered INTERNAL) are
+    the caller's error."""
+    try:
+        return message.FromString(data)
+    except DecodeError as exc:
+        raise BadRequest(f"the request is not a valid {message.DESCRIPTOR.full_name}: {exc}") from None
+
+
+def _handler(service: Service, method: str, token: str | None) -> Callable[[bytes, grpc.ServicerContext], Any]:
     """One RPC with auth, berthing errors as gRPC statuses, and the request counted by protocol and route."""
     run = getattr(service, method)
+    message = CLASSES[METHODS[method][0]]
 
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+    def handle(data: bytes, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
         seen = {"label": "unknown"}  # the model's name:version once looked up, for the request metric
         status, failure = "200", None
         try:
             if token:
                 check_token(dict(context.invocation_metadata()).get("authorization"), token, "inference")
-            return run(request, context, seen)
+            return run(parse(message, data), context, seen)
         except BerthingError as error:
             status, failure = str(error.code), error
         except concurrent.futures.CancelledError:  # the client went away; nobody reads an answer
@@ -182,10 +193,10 @@ class GrpcListener:
         handlers = {
             method: grpc.unary_unary_rpc_method_handler(
                 _handler(service, method, settings.inference_token),
-                request_deserializer=CLASSES[request].FromString,
+                request_deserializer=None,  # bytes: the handler parses them, so garbage is INVALID_ARGUMENT
                 response_serializer=CLASSES[response].SerializeToString,
             )
-            for method, (request, response) in METHODS.items()
+            for method, (_request, response) in METHODS.items()
         }
         limit = max(settings.max_body_bytes, 4 * 1024 * 1024)
         server = grpc.server(
