@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from berthing.config import Settings
+from berthing.inputs import json_type
 from berthing.registry import Registry
 from berthing.server.protocols import torchserve
 from berthing.types import BadRequest, BerthingError, PayloadTooLarge
@@ -51,22 +52,38 @@ def is_http_event(event: Any) -> bool:
     return isinstance(event, Mapping) and "requestContext" in event and ("httpMethod" in event or "rawPath" in event)
 
 
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    """An event field that holds an object (absent or null: an empty one); anything else is the caller's error."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadRequest(f"event field {field!r} must be an object, got {json_type(value)}")
+    return value
+
+
 def parse_http_event(event: Mapping[str, Any]) -> HttpRequest:
     """Method, path (without an API Gateway stage), headers and the decoded body of a 1.0 or 2.0 event."""
-    context = event.get("requestContext") or {}
+    context = _object(event.get("requestContext"), "requestContext")
     if event.get("version") == "2.0" or "rawPath" in event:
-        method = str((context.get("http") or {}).get("method") or "GET")
+        method = str(_object(context.get("http"), "requestContext.http").get("method") or "GET")
         path = str(event.get("rawPath") or "/")
     else:
         method = str(event.get("httpMethod") or "GET")
         path = str(event.get("path") or "/")
+    for what, value in (("method", method), ("path", path)):
+        try:  # error messages quote both, and JSON holds no lone surrogate
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"the event's {what} is not valid UTF-8: {exc}") from None
     stage = str(context.get("stage") or "")
     if stage and stage != "$default" and (path == f"/{stage}" or path.startswith(f"/{stage}/")):
         path = path[len(stage) + 1 :] or "/"  # HTTP APIs keep a named stage in rawPath; REST APIs do not
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items() if v is not None}
-    for key, values in (event.get("multiValueHeaders") or {}).items():
-        if values and key.lower() not in headers:
-            headers[key.lower()] = ", ".join(str(v) for v in values)
+    headers = {str(k).lower(): str(v) for k, v in _object(event.get("headers"), "headers").items() if v is not None}
+    for key, values in _object(event.get("multiValueHeaders"), "multiValueHeaders").items():
+        if values and not isinstance(values, list):
+            raise BadRequest(f"event field 'multiValueHeaders' must hold lists, got {json_type(values)} for {key!r}")
+        if values and str(key).lower() not in headers:
+            headers[str(key).lower()] = ", ".join(str(v) for v in values)
     raw = event.get("body")
     if raw is None:
         body = b""
@@ -76,7 +93,10 @@ def parse_http_event(event: Mapping[str, Any]) -> HttpRequest:
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"body is marked base64 but does not decode: {exc}") from None
     else:
-        body = str(raw).encode("utf-8")
+        try:
+            body = str(raw).encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: what Python's json makes of "\ud800" or invalid UTF-8
+            raise BadRequest(f"body is not valid UTF-8: {exc}") from None
     return HttpRequest(method.upper(), path, headers, body)
 
 
@@ -199,7 +219,10 @@ class ServerlessApp:
                     raise BadRequest(f"several models are served ({', '.join(names)}): name one with \"model\"")
                 name = names[0]
             body = data.pop("body") if set(data) == {"body"} else data  # {"model", "body": ...} works too
-            raw = body.encode("utf-8") if isinstance(body, str) else torchserve.dumps(body)
+            try:
+                raw = body.encode("utf-8") if isinstance(body, str) else torchserve.dumps(body)
+            except (UnicodeEncodeError, TypeError) as exc:  # lone surrogates; orjson: 64-bit integers, 255 levels
+                raise BadRequest(f"the event cannot be read as a request body: {exc}") from None
             content_type = "text/plain" if isinstance(body, str) else JSON
             return orjson.loads(self.predict(str(name), None if version is None else str(version), raw, content_type))
         except BerthingError as error:
