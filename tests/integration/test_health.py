@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import tritonclient.grpc as triton
 
 from tests.support.http import clone
 
@@ -72,5 +73,10 @@ def test_a_model_whose_batcher_stopped_on_an_error_fails_liveness_and_the_others
         ]:
             answer = httpx.get(f"{server.url}{path}")
             assert (answer.status_code, answer.json()) == (status, body), path
+        grpc = triton.InferenceServerClient(f"127.0.0.1:{server.listener_port('kserve-grpc', 'grpc')}")
+        try:
+            assert grpc.is_server_live() is False
+        finally:
+            grpc.close()
         assert httpx.get(f"{server.url}/health/ready/embedder").status_code == 200
         assert httpx.post(f"{server.url}/predictions/embedder", json={"input": "x"}).status_code == 200

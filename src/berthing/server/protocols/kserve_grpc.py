@@ -72,7 +72,7 @@ class Service:
         return future.result()
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext, seen: dict[str, str]) -> Any:
-        return CLASSES["ServerLiveResponse"](live=True)
+        return CLASSES["ServerLiveResponse"](live=not self.gateway.registry.crashed())  # as /health/live
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext, seen: dict[str, str]) -> Any:
         return CLASSES["ServerReadyResponse"](ready=bool(self.gateway.registry.names()))
