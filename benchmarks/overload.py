@@ -3,10 +3,10 @@
 Why open loop: a closed loop (N clients that wait for their answer) slows down with the server and never overloads
 it; real traffic keeps arriving. Each configuration starts its own `berthing serve` (default model minilm), measures
 capacity with a closed loop at concurrency 32 (which also warms it up alike: lanes built), then sends requests on a
-fixed schedule at 0.5x, 1x, 2x, 4x and 8x of the first configuration's capacity. Every request is counted once: 200, refused (503/429, with Retry-After), other status, connection error, or no
-answer within --client-timeout. The configurations run side by side in one invocation (default: admission by
-expected wait, max_queue_ms 2000, against item counting alone, --max-queue-ms 0, which was berthing's admission
-before issue 18).
+fixed schedule at 0.5x, 1x, 2x, 4x and 8x of the first configuration's capacity. Every request is counted once:
+200, refused (503/429, with Retry-After), other status, connection error, or no answer within --client-timeout.
+The configurations run side by side in one invocation (default: admission by expected wait, max_queue_ms 2000,
+against item counting alone, --max-queue-ms 0, which was berthing's admission before issue 18).
 
     .venv/bin/python benchmarks/overload.py                                   # 20 s per rate, both configurations
     .venv/bin/python benchmarks/overload.py --rates 4 --duration 60 --configs wait   # the issue's 60 s at 4x
