@@ -390,28 +390,31 @@ class Batcher:
         timeout = self.limits.batch_timeout_s
         if not timeout:
             return await running
+        # asyncio.wait, not wait_for: Python 3.11's wait_for swallows a cancellation that arrives as the batch ends
+        # (it returns the result), and a worker that missed its cancel waits for ever in close() or asyncio.run's end
+        done, _ = await asyncio.wait((running,), timeout=timeout)
+        if done:
+            return running.result()
+        # past batch_timeout_s
+        self.batch_timeouts += 1
+        self._hung.add(target)
+        error = InferenceFailed(
+            f"model {self.name!r}: a batch of {_count(len(batch), 'item')} did not finish in "
+            f"{timeout:g} s (batch_timeout_s); the model is reported not ready until its runtime returns"
+        )
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+        if self.hung:  # nothing will take the queue, so do not let it wait
+            for item in self._live():
+                item.future.set_exception(Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30))
+            self._pending, self._queued_tokens = [], 0
         try:
-            return await asyncio.wait_for(asyncio.shield(running), timeout)
-        except TimeoutError:
-            self.batch_timeouts += 1
-            self._hung.add(target)
-            error = InferenceFailed(
-                f"model {self.name!r}: a batch of {_count(len(batch), 'item')} did not finish in "
-                f"{timeout:g} s (batch_timeout_s); the model is reported not ready until its runtime returns"
-            )
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            if self.hung:  # nothing will take the queue, so do not let it wait
-                for item in self._live():
-                    item.future.set_exception(Overloaded(f"model {self.name!r} is not serving: {self.problem}", retry_after=30))
-                self._pending, self._queued_tokens = [], 0
-            try:
-                await running
-            except Exception:  # noqa: BLE001 - its requests were already answered
-                pass
-            self._hung.discard(target)
-            raise error from None
+            await running
+        except Exception:  # noqa: BLE001 - its requests were already answered
+            pass
+        self._hung.discard(target)
+        raise error from None
 
     def _watch_load(self) -> None:
         """After a batch: call on_load once when LOAD_STREAK batches in a row ended with items still queued."""
