@@ -31,9 +31,10 @@ PER_ROUND = 300
 # rounds, which one or two steps cannot move: 0.7-3.5 MiB in runs of this test, and 12 MiB for a server patched to
 # keep every request object (~4 KB each). 8 MiB over 3,000 requests catches what keeps ~3 KB a request (a body, an
 # answer, a batch's features, an error's traceback and frames). The total growth, first three samples to last three
-# (medians), is held only to a loose 32 MiB: two steps fit in it, a runaway does not.
+# (medians), is held only to a loose 48 MiB: two steps fit in it (a CI run saw 7.4 and 24.0 MiB, trend +4), a runaway
+# does not.
 TREND_BOUND_MIB = 8.0
-TOTAL_BOUND_MIB = 32.0
+TOTAL_BOUND_MIB = 48.0
 
 
 def _drain(pipe: IO[str]) -> None:
