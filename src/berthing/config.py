@@ -17,6 +17,8 @@ from berthing.packaging.tune import OptimizeRequest, parse_thresholds
 from berthing.prefetch import default_cache_dir
 from berthing.types import BerthingError
 
+MAX_WORKERS = 64  # workers of one model: each a runtime instance and a thread
+
 
 class ModelOverrides(BaseModel):
     """Per-model settings (TOML `[per_model.NAME]`), as TorchServe's per-model batchSize/maxBatchDelay/minWorkers."""
@@ -25,7 +27,7 @@ class ModelOverrides(BaseModel):
 
     task: Literal["embed", "classify", "ner", "qa", "rerank"] | None = None
     runtime: Literal["onnx", "torch"] | None = None
-    workers: int | None = Field(None, ge=1, le=64)
+    workers: int | None = Field(None, ge=1, le=MAX_WORKERS)
     threads: int | None = Field(None, ge=0, le=256)
     lanes: bool | None = None
     max_batch_tokens: int | None = Field(None, ge=1)
@@ -66,7 +68,7 @@ class Settings(BaseModel):
         None, description="Force the task instead of detecting it."
     )
     runtime: Literal["onnx", "torch"] = Field("onnx", description="onnx (default, no torch) or torch.")
-    workers: int = Field(1, ge=1, le=64, description="Model workers (each a runtime instance and a thread).")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="Model workers (each a runtime instance and a thread).")
     threads: int = Field(0, ge=0, le=256, description="Intra-op threads per worker; 0 = cores / workers.")
     lanes: bool = Field(
         True,
@@ -129,7 +131,7 @@ class Settings(BaseModel):
     allowed_sources: list[str] = Field(
         default_factory=list, description="URL or path prefixes the management API may register from besides the store."
     )
-    default_workers: int = Field(1, ge=1, le=64, description="Workers of a model registered without initial_workers.")
+    default_workers: int = Field(1, ge=1, le=MAX_WORKERS, description="Workers of a model registered without initial_workers.")
     allow_pickle: bool = Field(
         False, description="Load pickle checkpoints (pytorch_model.bin), only through torch's weights-only loader."
     )

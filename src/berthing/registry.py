@@ -92,7 +92,7 @@ class Registry:
         """Models whose batcher stopped on an error (a bug, not a failing batch), as "name:version": why. Only a
         restart brings them back, so every liveness route of every protocol fails while one is listed."""
         return {
-            f"{m.name}:{m.version}": f"its batcher stopped on an error ({m.batcher.crashed})"
+            f"{m.name}:{m.version}": m.batcher.problem or "its batcher stopped"
             for m in self.all()
             if m.batcher is not None and m.batcher.crashed is not None
         }

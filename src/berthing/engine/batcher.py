@@ -160,9 +160,12 @@ class Batcher:
         exc = task.exception()
         self.crashed = f"{type(exc).__name__}: {exc}"
         log.error("model %r stopped serving: a batch worker failed", self.name, exc_info=exc)
-        error = InferenceFailed(f"model {self.name!r} stopped serving: {self.crashed}")
         for other in self._tasks:
             other.cancel()
+        self._abandon(InferenceFailed(f"model {self.name!r} stopped serving: {self.crashed}"))
+
+    def _abandon(self, error: BerthingError) -> None:
+        """Forget the (cancelled) workers, fail every queued item with `error`, let the runners' threads go."""
         self._tasks, self._workers = [], {}
         for item in self._pending:
             if not item.future.done():
@@ -438,12 +441,4 @@ class Batcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        self._workers = {}
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(BerthingError(f"model {self.name!r} was stopped"))
-        self._pending = []
-        for executor in self._executors.values():
-            executor.shutdown(wait=False)
-        self._executors = {}
+        self._abandon(BerthingError(f"model {self.name!r} was stopped"))

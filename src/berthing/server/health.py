@@ -31,8 +31,7 @@ def problem(model: Any, failures: bool = True) -> str | None:
     if model.batcher is None or not model.batcher.running:
         if model.batcher is None:
             return "not started"
-        crashed = model.batcher.crashed
-        return "its batcher stopped" + (f" on an error ({crashed})" if crashed else "")
+        return model.batcher.problem if model.batcher.crashed else "its batcher stopped"
     if not failures and not model.batcher.hung:
         return None
     return model.batcher.problem  # a batch hung past batch_timeout_s, or batches failing in a row

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from berthing.config import Settings
+from berthing.config import MAX_WORKERS, Settings
 from berthing.engine.model import Model
 from berthing.loading import load_model
 from berthing.names import check_name, check_version
@@ -30,7 +30,6 @@ from berthing.types import BadRequest, BerthingError, ModelLoadError
 
 log = logging.getLogger("berthing.management")
 Handler = Callable[[Request], Awaitable[Response]]
-MAX_WORKERS = 64  # as Settings.workers and default_workers allow: each worker is a runtime instance and a thread
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -42,7 +41,7 @@ def _shown(raw: str) -> str:
     return repr(raw) if len(raw) <= 64 else f"{raw[:64]!r}... ({len(raw)} characters)"
 
 
-def _int(request: Request, name: str, default: int | None, low: int = 0) -> int | None:
+def _int(request: Request, name: str, default: int | None, low: int = 0, high: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -52,8 +51,8 @@ def _int(request: Request, name: str, default: int | None, low: int = 0) -> int 
         value = None
     if value is None or value < low:
         raise BadRequest(f"parameter {name!r} must be an integer >= {low}, not {_shown(raw)}")
-    if name in ("min_worker", "initial_workers") and value > MAX_WORKERS:
-        raise BadRequest(f"parameter {name!r} must be at most {MAX_WORKERS} (the most workers a model takes), not {_shown(raw)}")
+    if high is not None and value > high:
+        raise BadRequest(f"parameter {name!r} must be at most {high}, not {_shown(raw)}")
     return value
 
 
@@ -157,7 +156,7 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
                 check_version(version)
         except ModelLoadError as exc:
             raise BadRequest(exc.message) from None
-        workers = _int(request, "initial_workers", None, low=1)
+        workers = _int(request, "initial_workers", None, low=1, high=MAX_WORKERS)
         synchronous = _bool(request, "synchronous", True)
         try:  # quick (a package is extracted and checked here): its errors answer this request, even asynchronous
             # always NAME=SOURCE: a bare path with '=' in it would be split there
@@ -211,7 +210,7 @@ def create_management_app(registry: Registry, settings: Settings, metrics: Metri
     async def scale(request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
         model = registry.get(name, version)
-        low = _int(request, "min_worker", None, low=1)
+        low = _int(request, "min_worker", None, low=1, high=MAX_WORKERS)
         high = _int(request, "max_worker", None, low=1)
         if low is None and high is None:
             raise BadRequest("give min_worker and/or max_worker")
